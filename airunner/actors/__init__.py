@@ -1,0 +1,16 @@
+"""The server's long-lived tasks. Each actor has one job and one file:
+
+- ``HttpFront``: serves the ASGI app with Hypercorn; drains on shutdown.
+- ``VisibilitySweeper``: returns expired deliveries of the memory store to their queue.
+
+``supervise`` runs an actor and applies its crash policy.
+"""
+
+from __future__ import annotations
+
+from ._actor import Actor
+from ._http_front import HttpFront
+from ._supervisor import supervise
+from ._visibility_sweeper import ExpiringDeliveries, VisibilitySweeper
+
+__all__ = ["Actor", "ExpiringDeliveries", "HttpFront", "VisibilitySweeper", "supervise"]

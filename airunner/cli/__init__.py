@@ -1,0 +1,1 @@
+"""Command-line entry points: ``airunner-server`` and ``airunner-cli``."""

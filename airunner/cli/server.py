@@ -1,0 +1,126 @@
+"""airunner-server: run the API server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from airunner.config import DEFAULT_LISTEN, ConfigError, parse_listen, store_settings_from_env
+from airunner.http import AuthConfigError, load_public_key
+from airunner.http._auth import BearerAuth
+from airunner.server import DEFAULT_GRACE_PERIOD_SECONDS, Server, ServerSettings, build_store
+
+log = logging.getLogger("airunner.server")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="airunner-server", description="The airunner server.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    rpc = commands.add_parser("rpc-server", help="serve the Connect API (and gRPC, gRPC-Web)")
+    rpc.add_argument(
+        "--listen",
+        default=os.environ.get("AIRUNNER_LISTEN") or DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"address to listen on (env AIRUNNER_LISTEN, default {DEFAULT_LISTEN})",
+    )
+    rpc.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve RPCs without bearer tokens (otherwise JWT_PUBLIC_KEY is required)",
+    )
+    rpc.add_argument(
+        "--grace-period",
+        type=float,
+        default=DEFAULT_GRACE_PERIOD_SECONDS,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long in-flight calls may take to finish "
+        f"(default {DEFAULT_GRACE_PERIOD_SECONDS:g})",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = _settings(args)
+        server = Server(settings, build_store(settings.store))
+    except (ConfigError, AuthConfigError) as e:
+        print(f"airunner-server: error: {e}", file=sys.stderr)
+        return 1
+    try:
+        trio.run(_serve, server, settings.grace_period)
+    except OSError as e:
+        print(f"airunner-server: error: cannot listen on {settings.listen}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> ServerSettings:
+    if args.grace_period < 0:
+        raise ConfigError("--grace-period must not be negative")
+    store = store_settings_from_env(os.environ)
+    auth = None
+    if not args.no_auth:
+        pem = os.environ.get("JWT_PUBLIC_KEY", "")
+        if not pem:
+            raise ConfigError(
+                "JWT_PUBLIC_KEY is required to check bearer tokens; "
+                "set it to a PEM EC P-256 public key, or pass --no-auth"
+            )
+        auth = BearerAuth(load_public_key(pem))
+    return ServerSettings(
+        listen=parse_listen(args.listen),
+        store=store,
+        auth=auth,
+        grace_period=args.grace_period,
+    )
+
+
+async def _serve(server: Server, grace_period: float) -> None:
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signals, server, grace_period, nursery.cancel_scope)
+            await server.run()
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # A failure to bind arrives wrapped in the nurseries it crossed.
+        oserror, rest = group.split(OSError)
+        if oserror is not None and rest is None:
+            raise _first(oserror) from None
+        raise
+
+
+async def _stop_on_signals(
+    server: Server, grace_period: float, everything: trio.CancelScope
+) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if not server.drain.draining:
+                log.info(
+                    "%s: draining; in-flight calls have %g s to finish (signal again to stop now)",
+                    signal.Signals(signum).name,
+                    grace_period,
+                )
+                server.drain.begin()
+            else:
+                log.info("%s again: stopping now", signal.Signals(signum).name)
+                everything.cancel()
+
+
+def _first(group: BaseExceptionGroup[OSError]) -> OSError:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    assert isinstance(error, OSError)
+    return error
+
+
+if __name__ == "__main__":
+    sys.exit(main())

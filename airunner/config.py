@@ -1,0 +1,118 @@
+"""Server configuration from the environment, with the seed's names and messages."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from airunner.store._rules import (
+    DEFAULT_VISIBILITY_TIMEOUT_SECONDS,
+    MAX_VISIBILITY_TIMEOUT_SECONDS,
+)
+
+DEFAULT_LISTEN = "127.0.0.1:8080"
+# DynamoDB TTL takes any future time; ten years is far past any sane retention.
+MAX_EVENTS_TTL_DAYS = 3650
+
+
+class ConfigError(Exception):
+    """A configuration the server cannot run with. The message is one line for the operator."""
+
+
+@dataclass(frozen=True)
+class MemoryStoreSettings:
+    default_visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT_SECONDS
+    token_signing_secret: bytes | None = None
+
+
+@dataclass(frozen=True)
+class SQSStoreSettings:
+    queue_urls: Mapping[str, str]
+    jobs_table: str
+    events_table: str
+    default_visibility_timeout: int
+    events_ttl_days: int
+    token_signing_secret: bytes
+
+
+StoreSettings = MemoryStoreSettings | SQSStoreSettings
+
+
+def store_settings_from_env(env: Mapping[str, str]) -> StoreSettings:
+    """Read AIRUNNER_STORE_TYPE and what that store needs.
+
+    Raises:
+        ConfigError: ``unknown store type: X``, or for ``sqs`` the first missing or
+            malformed variable, prefixed ``failed to create SQS store:`` as the seed has it.
+    """
+    store_type = env.get("AIRUNNER_STORE_TYPE", "") or "memory"
+    if store_type == "memory":
+        return MemoryStoreSettings(
+            default_visibility_timeout=_visibility_timeout(env),
+            token_signing_secret=env.get("AIRUNNER_TOKEN_SIGNING_SECRET", "").encode() or None,
+        )
+    if store_type == "sqs":
+        try:
+            return _sqs_settings(env)
+        except ConfigError as e:
+            raise ConfigError(f"failed to create SQS store: {e}") from None
+    raise ConfigError(f"unknown store type: {store_type}")
+
+
+def _sqs_settings(env: Mapping[str, str]) -> SQSStoreSettings:
+    queue_urls = {}
+    if not (default_url := env.get("AIRUNNER_SQS_QUEUE_DEFAULT", "")):
+        raise ConfigError("AIRUNNER_SQS_QUEUE_DEFAULT is required")
+    queue_urls["default"] = default_url
+    if priority_url := env.get("AIRUNNER_SQS_QUEUE_PRIORITY", ""):
+        queue_urls["priority"] = priority_url
+    if not (jobs_table := env.get("AIRUNNER_DYNAMODB_JOBS_TABLE", "")):
+        raise ConfigError("AIRUNNER_DYNAMODB_JOBS_TABLE is required")
+    events_table = env.get("AIRUNNER_DYNAMODB_EVENTS_TABLE", "")
+    visibility = _visibility_timeout(env)
+    ttl_days = _int_env(env, "AIRUNNER_EVENTS_TTL_DAYS", 0, 0, MAX_EVENTS_TTL_DAYS)
+    if not (secret := env.get("AIRUNNER_TOKEN_SIGNING_SECRET", "")):
+        raise ConfigError("AIRUNNER_TOKEN_SIGNING_SECRET is required")
+    return SQSStoreSettings(
+        queue_urls=queue_urls,
+        jobs_table=jobs_table,
+        events_table=events_table,
+        default_visibility_timeout=visibility,
+        events_ttl_days=ttl_days,
+        token_signing_secret=secret.encode(),
+    )
+
+
+def _visibility_timeout(env: Mapping[str, str]) -> int:
+    return _int_env(
+        env,
+        "AIRUNNER_DEFAULT_VISIBILITY_TIMEOUT",
+        DEFAULT_VISIBILITY_TIMEOUT_SECONDS,
+        1,
+        MAX_VISIBILITY_TIMEOUT_SECONDS,
+    )
+
+
+def _int_env(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {text!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def parse_listen(text: str) -> str:
+    """Check a HOST:PORT listen address (``[::1]:8080`` for IPv6); return it.
+
+    Raises:
+        ConfigError: the address is not HOST:PORT with a port from 0 to 65535.
+    """
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"listen address must be HOST:PORT, got {text!r}")
+    return text

@@ -1,0 +1,75 @@
+"""The ASGI app: both Connect services and the plain HTTP routes, on one port."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from connectrpc.interceptor import Interceptor
+from hypercorn.middleware.dispatcher import TrioDispatcherMiddleware
+from hypercorn.typing import ASGIFramework
+from quart_trio import QuartTrio
+
+from airunner.api.job.v1.job_connect import (
+    JobEventsServiceASGIApplication,
+    JobServiceASGIApplication,
+)
+from airunner.store import JobStore
+
+from ._auth import BearerAuth
+from ._drain import Drain
+from ._errors import ErrorMapping
+from ._handlers import DEQUEUE_POLL_WINDOW_SECONDS, JobEventsServiceHandler, JobServiceHandler
+
+# Largest request message accepted: a PublishJobEvents message carries a few
+# output batches of at most 256 KiB each.
+READ_MAX_BYTES = 8 * 1024 * 1024
+
+
+def build_app(
+    store: JobStore,
+    *,
+    auth: BearerAuth | None,
+    drain: Drain,
+    poll_window: float = DEQUEUE_POLL_WINDOW_SECONDS,
+) -> ASGIFramework:
+    """The whole HTTP surface of the server.
+
+    Args:
+        store: Where jobs and events live.
+        auth: Checks bearer tokens on every RPC; None serves RPCs without auth.
+            ``/health`` is always open.
+        drain: Ends long polls and streams when the server begins to stop.
+        poll_window: Seconds a DequeueJob waits for jobs.
+    """
+    # Auth first, so that it runs before the request body is read.
+    interceptors: list[Interceptor] = [auth] if auth is not None else []
+    interceptors.append(ErrorMapping())
+    jobs = JobServiceASGIApplication(
+        JobServiceHandler(store, drain, poll_window=poll_window),
+        interceptors=interceptors,
+        read_max_bytes=READ_MAX_BYTES,
+    )
+    events = JobEventsServiceASGIApplication(
+        JobEventsServiceHandler(store, drain),
+        interceptors=interceptors,
+        read_max_bytes=READ_MAX_BYTES,
+    )
+    mounts: dict[str, Any] = {
+        jobs.path: jobs,
+        events.path: events,
+        "": _routes(drain),
+    }
+    return TrioDispatcherMiddleware(mounts)
+
+
+def _routes(drain: Drain) -> QuartTrio:
+    app = QuartTrio("airunner")
+
+    @app.get("/health")
+    async def health() -> tuple[dict[str, str], int]:
+        # A draining server tells the load balancer to send new work elsewhere.
+        if drain.draining:
+            return {"status": "draining"}, 503
+        return {"status": "ok"}, 200
+
+    return app

@@ -1,0 +1,146 @@
+"""The Connect handlers: decode, check, call the store. Rules live in the store."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from connectrpc.request import RequestContext
+
+from airunner.api.job.v1.job_connect import JobEventsService, JobService
+from airunner.api.job.v1.job_pb import (
+    CompleteJobRequest,
+    CompleteJobResponse,
+    DequeueJobRequest,
+    DequeueJobResponse,
+    EnqueueJobRequest,
+    EnqueueJobResponse,
+    ListJobsRequest,
+    ListJobsResponse,
+    PublishJobEventsRequest,
+    PublishJobEventsResponse,
+    StreamJobEventsRequest,
+    StreamJobEventsResponse,
+    UpdateJobRequest,
+    UpdateJobResponse,
+)
+from airunner.store import InvalidArgument, JobStore
+from airunner.store import _rules as rules
+
+from ._drain import Drain
+
+log = logging.getLogger(__name__)
+
+# How long a DequeueJob waits for jobs before it ends with none, as SQS's
+# longest long poll. A worker simply polls again.
+DEQUEUE_POLL_WINDOW_SECONDS = 20.0
+
+_Ctx = RequestContext[Any, Any]
+
+
+class JobServiceHandler(JobService):
+    """job.v1.JobService."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        drain: Drain,
+        *,
+        poll_window: float = DEQUEUE_POLL_WINDOW_SECONDS,
+    ) -> None:
+        self._store = store
+        self._drain = drain
+        self._poll_window = poll_window
+
+    async def enqueue_job(self, request: EnqueueJobRequest, ctx: _Ctx) -> EnqueueJobResponse:
+        job = await self._store.enqueue_job(request.request_id, request.queue, request.job_params)
+        return EnqueueJobResponse(job_id=job.job_id, created_at=job.created_at, state=job.state)
+
+    async def dequeue_job(
+        self, request: DequeueJobRequest, ctx: _Ctx
+    ) -> AsyncIterator[DequeueJobResponse]:
+        wanted = rules.max_jobs(request.max_jobs)
+        deadline = trio.current_time() + self._poll_window
+        for _ in range(wanted):
+            delivery = None
+            with self._drain.cancel_on_drain():
+                delivery = await self._store.dequeue_job(
+                    request.queue, request.visibility_timeout_seconds, deadline=deadline
+                )
+            if delivery is None:
+                return
+            delivered = False
+            try:
+                yield DequeueJobResponse(job=delivery.job, task_token=delivery.task_token)
+                delivered = True
+            finally:
+                if not delivered:
+                    # The client left before the job reached it: hand the job to
+                    # the next dequeuer now, not when its visibility runs out.
+                    with trio.CancelScope(shield=True):
+                        await self._store.release_job(delivery.task_token)
+                    log.info("released job %s: its dequeuer went away", delivery.job.job_id)
+
+    async def update_job(self, request: UpdateJobRequest, ctx: _Ctx) -> UpdateJobResponse:
+        await self._store.update_job(
+            request.queue, request.task_token, request.visibility_timeout_seconds
+        )
+        return UpdateJobResponse()
+
+    async def complete_job(self, request: CompleteJobRequest, ctx: _Ctx) -> CompleteJobResponse:
+        await self._store.complete_job(request.task_token, request.job_result)
+        return CompleteJobResponse()
+
+    async def list_jobs(self, request: ListJobsRequest, ctx: _Ctx) -> ListJobsResponse:
+        page = await self._store.list_jobs(
+            request.queue, request.state, request.page, request.page_size
+        )
+        return ListJobsResponse(jobs=page.jobs, last_page=page.last_page)
+
+
+class JobEventsServiceHandler(JobEventsService):
+    """job.v1.JobEventsService."""
+
+    def __init__(self, store: JobStore, drain: Drain) -> None:
+        self._store = store
+        self._drain = drain
+
+    async def stream_job_events(
+        self, request: StreamJobEventsRequest, ctx: _Ctx
+    ) -> AsyncIterator[StreamJobEventsResponse]:
+        query = rules.check_event_query(
+            request.job_id, request.from_sequence, request.from_timestamp, request.event_filter
+        )
+        next_sequence = query.from_sequence
+        async with self._store.subscribe_events(request.job_id, query) as events:
+            while True:
+                event = None
+                with self._drain.cancel_on_drain() as waiting:
+                    event = await events.receive()
+                if waiting.cancelled_caught:
+                    raise ConnectError(
+                        Code.UNAVAILABLE,
+                        "server is shutting down; reconnect with "
+                        f"from_sequence={max(next_sequence, 1)}",
+                    )
+                if event is None:
+                    return
+                next_sequence = event.sequence + 1
+                yield StreamJobEventsResponse(event=event)
+
+    async def publish_job_events(
+        self, request: AsyncIterator[PublishJobEventsRequest], ctx: _Ctx
+    ) -> PublishJobEventsResponse:
+        task_token = ""
+        async for message in request:
+            if message.task_token and task_token and message.task_token != task_token:
+                raise InvalidArgument("task_token must not change within one stream")
+            task_token = task_token or message.task_token
+            if not task_token:
+                raise InvalidArgument("task_token is required")
+            await self._store.publish_events(task_token, message.events)
+        return PublishJobEventsResponse()

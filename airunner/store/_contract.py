@@ -1,0 +1,138 @@
+"""The JobStore protocol: what every store does, and the values it trades in.
+
+The behaviour is API.md's "Behaviour every store must show"; tests/contract runs
+one suite against every store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from airunner.actors._actor import Actor
+from airunner.api.job.v1.job_pb import (
+    EventType,
+    Job,
+    JobEvent,
+    JobParams,
+    JobResult,
+    JobState,
+)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One delivery of a job to a dequeuer: the job (RUNNING) and its task token."""
+
+    job: Job
+    task_token: str
+
+
+@dataclass(frozen=True)
+class JobPage:
+    jobs: list[Job]
+    last_page: int
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    """Which events a subscriber wants. Zero values select everything."""
+
+    from_sequence: int = 0
+    from_timestamp_ms: int = 0
+    event_types: frozenset[EventType] = field(default_factory=frozenset)
+
+    def matches(self, event: JobEvent) -> bool:
+        if event.sequence < self.from_sequence:
+            return False
+        if self.from_timestamp_ms and event_time_ms(event) < self.from_timestamp_ms:
+            return False
+        return not self.event_types or event.event_type in self.event_types
+
+
+class EventStream(Protocol):
+    """A subscriber's view of one job's events: history first, then live."""
+
+    async def receive(self) -> JobEvent | None:
+        """Return the next event, or None once the job's final event has been returned.
+
+        Raises:
+            ResourceExhausted: the subscriber fell too far behind the publisher; the
+                message says the sequence to resume from.
+
+        Cancellation:
+            Safe: a cancelled receive loses no event.
+        """
+        ...
+
+
+class JobStore(Protocol):
+    """Durable job queue and event log. All methods are safe to call concurrently."""
+
+    def actors(self) -> Sequence[Actor]:
+        """The long-lived tasks this store needs running while it serves."""
+        ...
+
+    async def enqueue_job(self, request_id: str, queue: str, params: JobParams | None) -> Job:
+        """Create a SCHEDULED job, or return the job already created for request_id."""
+        ...
+
+    async def dequeue_job(
+        self, queue: str, visibility_timeout_seconds: int, *, deadline: float
+    ) -> Delivery | None:
+        """Wait until a job of ``queue`` can be delivered, or ``deadline`` (trio time).
+
+        The delivered job is RUNNING and invisible for the visibility timeout
+        (0 = the store's default).
+
+        Cancellation:
+            Safe: a cancelled dequeue has delivered nothing.
+        """
+        ...
+
+    async def release_job(self, task_token: str) -> None:
+        """Return a delivered job to its queue at once (its delivery failed)."""
+        ...
+
+    async def update_job(
+        self, queue: str, task_token: str, visibility_timeout_seconds: int
+    ) -> None:
+        """Extend the visibility of the delivery behind the token from now."""
+        ...
+
+    async def complete_job(self, task_token: str, result: JobResult | None) -> None:
+        """Record the result; the job becomes COMPLETED or FAILED and never runs again."""
+        ...
+
+    async def list_jobs(self, queue: str, state: JobState, page: int, page_size: int) -> JobPage:
+        """Jobs newest first, filtered by queue ("" = all) and state (UNSPECIFIED = all)."""
+        ...
+
+    async def get_job(self, job_id: str) -> Job:
+        """Return one job. Raises NotFound."""
+        ...
+
+    async def publish_events(self, task_token: str, events: Sequence[JobEvent]) -> None:
+        """Store events of the delivery behind the token, each sequence once, and
+        fan them out to live subscribers."""
+        ...
+
+    def subscribe_events(
+        self, job_id: str, query: EventQuery
+    ) -> AbstractAsyncContextManager[EventStream]:
+        """Open a stream of the job's stored events, then its live ones.
+
+        Raises:
+            NotFound: no such job.
+        """
+        ...
+
+
+TERMINAL_EVENT_TYPES = frozenset({EventType.PROCESS_END, EventType.PROCESS_ERROR})
+FINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+
+
+def event_time_ms(event: JobEvent) -> int:
+    return event.timestamp.to_nanos() // 1_000_000 if event.timestamp is not None else 0

@@ -1,0 +1,420 @@
+"""The in-memory store: the whole JobStore behaviour in one process.
+
+Everything runs on one trio thread and no method awaits between reading and
+writing its state, so no locks are needed. Deadlines are trio times, so tests
+drive visibility expiry with a mock clock.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import heapq
+import itertools
+import logging
+import math
+import os
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Collection, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import trio
+from protobuf.wkt import Timestamp
+
+from airunner import telemetry
+from airunner.actors import Actor, VisibilitySweeper
+from airunner.api.job.v1.job_pb import (
+    Job,
+    JobEvent,
+    JobParams,
+    JobResult,
+    JobState,
+)
+
+from . import _rules as rules
+from ._contract import FINAL_STATES, Delivery, EventQuery, JobPage
+from ._errors import InvalidArgument, NotFound, ResourceExhausted
+from ._ids import new_job_id
+from ._tokens import TaskToken, TaskTokenSigner
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUEUES = ("default", "priority")
+# Events one subscriber may have waiting before its stream is ended. A live
+# watcher drains far faster than a worker publishes; one that does not is
+# told where to resume instead of holding unbounded memory.
+DEFAULT_SUBSCRIBER_BUFFER = 256
+
+
+@dataclass(eq=False)
+class _JobRecord:
+    job: Job
+    queue: str
+    request_id: str
+    # Position in the queue: a released or expired job goes back to its place.
+    order: int
+    attempt: int = 0
+    # Trio time at which the current delivery expires, while RUNNING.
+    visible_until: float = math.inf
+    result: JobResult | None = None
+    events: dict[int, JobEvent] = field(default_factory=dict)
+    sequences: list[int] = field(default_factory=list)
+    # Added to the worker's sequences of the current delivery, so that a job run
+    # twice keeps one increasing event log (0 for the first run).
+    sequence_base: int = 0
+    subscribers: set[_Subscriber] = field(default_factory=set)
+
+    @property
+    def state(self) -> JobState:
+        return self.job.state
+
+
+@dataclass(eq=False)
+class _Queue:
+    ready: list[tuple[int, str]] = field(default_factory=list)
+    waiters: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
+
+
+class _Subscriber:
+    """One StreamJobEvents subscription: its history, then a bounded live buffer."""
+
+    def __init__(
+        self, job_id: str, history: list[JobEvent], query: EventQuery, buffer: int
+    ) -> None:
+        self._job_id = job_id
+        self._history = deque(history)
+        self._query = query
+        self._buffer = buffer
+        self._send, self._receive = trio.open_memory_channel[JobEvent](buffer)
+        self._overflowed = False
+        self._last_sequence = query.from_sequence - 1
+
+    def offer(self, event: JobEvent) -> None:
+        """Queue a live event without blocking the publisher."""
+        if not self._query.matches(event):
+            return
+        try:
+            self._send.send_nowait(event)
+        except trio.WouldBlock:
+            self._overflowed = True
+            self._send.close()
+            telemetry.channels_overflow.add(1, {"channel": "subscriber"})
+            telemetry.events_dropped.add(1, {"reason": "subscriber_overflow"})
+            log.warning(
+                "event subscriber of job %s fell %d events behind; ending its stream",
+                self._job_id,
+                self._buffer,
+            )
+        except trio.ClosedResourceError:
+            telemetry.events_dropped.add(1, {"reason": "subscriber_overflow"})
+
+    def finish(self) -> None:
+        """No event follows the ones already queued: the job is final."""
+        self._send.close()
+
+    async def receive(self) -> JobEvent | None:
+        if self._history:
+            await trio.lowlevel.checkpoint()
+            event = self._history.popleft()
+        else:
+            try:
+                event = await self._receive.receive()
+            except trio.EndOfChannel:
+                if self._overflowed:
+                    raise ResourceExhausted(
+                        f"this subscriber fell more than {self._buffer} events behind; "
+                        f"resume with from_sequence={self._last_sequence + 1}"
+                    ) from None
+                return None
+        self._last_sequence = event.sequence
+        return event
+
+
+class MemoryJobStore:
+    """A JobStore kept in this process's memory; nothing survives a restart.
+
+    Args:
+        queues: The queue names jobs may be enqueued to.
+        default_visibility_timeout: Seconds a delivery stays invisible when the
+            dequeuer does not say.
+        token_secret: HMAC secret for task tokens; random when not given, so
+            tokens do not outlive the process (neither do its jobs).
+        subscriber_buffer: Live events one subscriber may have waiting.
+    """
+
+    def __init__(
+        self,
+        *,
+        queues: Collection[str] = DEFAULT_QUEUES,
+        default_visibility_timeout: int = rules.DEFAULT_VISIBILITY_TIMEOUT_SECONDS,
+        token_secret: bytes | None = None,
+        subscriber_buffer: int = DEFAULT_SUBSCRIBER_BUFFER,
+    ) -> None:
+        self._queues = {name: _Queue() for name in queues}
+        self._default_visibility = rules.visibility_timeout(default_visibility_timeout, 300)
+        self._signer = TaskTokenSigner(token_secret or os.urandom(32))
+        self._subscriber_buffer = subscriber_buffer
+        self._jobs: dict[str, _JobRecord] = {}
+        self._created: list[_JobRecord] = []
+        self._by_request_id: dict[str, _JobRecord] = {}
+        self._order = itertools.count()
+        # (deadline, job id, attempt); entries of updated or ended deliveries stay
+        # until they reach the top and are skipped there.
+        self._expiries: list[tuple[float, str, int]] = []
+        self._expiry_changed = trio.Event()
+
+    def actors(self) -> Sequence[Actor]:
+        return [VisibilitySweeper(self)]
+
+    async def enqueue_job(self, request_id: str, queue: str, params: JobParams | None) -> Job:
+        await trio.lowlevel.checkpoint()
+        params = rules.check_enqueue(request_id, queue, params, self._queues)
+        if (existing := self._by_request_id.get(request_id)) is not None:
+            return copy.deepcopy(existing.job)
+        now = _now()
+        job = Job(
+            job_id=new_job_id(),
+            job_params=copy.deepcopy(params),
+            state=JobState.SCHEDULED,
+            created_at=now,
+            updated_at=now,
+            execution_config=rules.default_execution_config(),
+        )
+        record = _JobRecord(job=job, queue=queue, request_id=request_id, order=next(self._order))
+        self._jobs[job.job_id] = record
+        self._created.append(record)
+        self._by_request_id[request_id] = record
+        self._make_ready(record)
+        telemetry.jobs_enqueued.add(1, {"queue": queue})
+        return copy.deepcopy(job)
+
+    async def dequeue_job(
+        self, queue: str, visibility_timeout_seconds: int, *, deadline: float
+    ) -> Delivery | None:
+        await trio.lowlevel.checkpoint()
+        rules.check_queue(queue, self._queues)
+        visibility = rules.visibility_timeout(visibility_timeout_seconds, self._default_visibility)
+        waiting = self._queues[queue]
+        with trio.move_on_at(deadline):
+            while True:
+                if waiting.ready:
+                    _, job_id = heapq.heappop(waiting.ready)
+                    return self._deliver(self._jobs[job_id], visibility)
+                await waiting.waiters.park()
+        return None
+
+    async def release_job(self, task_token: str) -> None:
+        await trio.lowlevel.checkpoint()
+        _, record = self._current(task_token)
+        self._make_ready(record)
+
+    async def update_job(
+        self, queue: str, task_token: str, visibility_timeout_seconds: int
+    ) -> None:
+        await trio.lowlevel.checkpoint()
+        rules.check_queue(queue, self._queues)
+        token, record = self._current(task_token)
+        if token.queue != queue:
+            raise InvalidArgument("queue does not match the task token's queue")
+        visibility = rules.visibility_timeout(visibility_timeout_seconds, self._default_visibility)
+        self._set_visible_until(record, trio.current_time() + visibility)
+        telemetry.jobs_visibility_updates.add(1, {"queue": queue})
+
+    async def complete_job(self, task_token: str, result: JobResult | None) -> None:
+        await trio.lowlevel.checkpoint()
+        token = self._signer.verify(task_token)
+        result = rules.check_result(result, token)
+        record = self._jobs.get(token.job_id)
+        if (
+            record is not None
+            and record.state in FINAL_STATES
+            and record.attempt == token.attempt
+            and record.result is not None
+        ):
+            # A retried CompleteJob whose first answer was lost.
+            if (record.result.success, record.result.exit_code) == (
+                result.success,
+                result.exit_code,
+            ):
+                return
+            raise InvalidArgument("the job was already completed with another result")
+        _, record = self._current(task_token)
+        record.result = copy.deepcopy(result)
+        record.visible_until = math.inf
+        state = JobState.COMPLETED if result.success else JobState.FAILED
+        self._set_state(record, state)
+        for subscriber in record.subscribers:
+            subscriber.finish()
+        telemetry.jobs_completed.add(1, {"queue": record.queue, "state": state.name})
+
+    async def list_jobs(self, queue: str, state: JobState, page: int, page_size: int) -> JobPage:
+        await trio.lowlevel.checkpoint()
+        page, page_size = rules.page_args(state, page, page_size)
+        if queue:
+            rules.check_queue(queue, self._queues)
+        matching = [
+            record
+            for record in reversed(self._created)
+            if (not queue or record.queue == queue)
+            and (state == JobState.UNSPECIFIED or record.state == state)
+        ]
+        start = (page - 1) * page_size
+        jobs = [copy.deepcopy(record.job) for record in matching[start : start + page_size]]
+        return JobPage(jobs=jobs, last_page=rules.last_page(len(matching), page_size))
+
+    async def get_job(self, job_id: str) -> Job:
+        await trio.lowlevel.checkpoint()
+        return copy.deepcopy(self._record(job_id).job)
+
+    async def publish_events(self, task_token: str, events: Sequence[JobEvent]) -> None:
+        await trio.lowlevel.checkpoint()
+        _, record = self._current(task_token)
+        rules.check_events(events)
+        telemetry.events_publish.add(len(events), {"queue": record.queue})
+        for event in events:
+            sequence = record.sequence_base + event.sequence
+            if sequence in record.events:
+                continue
+            stored = _rebased(event, record.sequence_base)
+            if stored.timestamp is None:
+                stored.timestamp = _now()
+            record.events[sequence] = stored
+            if not record.sequences or sequence > record.sequences[-1]:
+                record.sequences.append(sequence)
+            else:
+                bisect.insort(record.sequences, sequence)
+            for subscriber in record.subscribers:
+                subscriber.offer(stored)
+        telemetry.events_persisted.add(len(events), {"queue": record.queue})
+
+    @asynccontextmanager
+    async def subscribe_events(self, job_id: str, query: EventQuery) -> AsyncIterator[_Subscriber]:
+        await trio.lowlevel.checkpoint()
+        record = self._record(job_id)
+        start = bisect.bisect_left(record.sequences, query.from_sequence)
+        history = [
+            event
+            for sequence in record.sequences[start:]
+            if query.matches(event := record.events[sequence])
+        ]
+        subscriber = _Subscriber(job_id, history, query, self._subscriber_buffer)
+        if record.state in FINAL_STATES:
+            subscriber.finish()
+        else:
+            record.subscribers.add(subscriber)
+        telemetry.streams_active.add(1)
+        try:
+            yield subscriber
+        finally:
+            record.subscribers.discard(subscriber)
+            telemetry.streams_active.add(-1)
+
+    # The VisibilitySweeper's side.
+
+    def expiry_changed(self) -> trio.Event:
+        """Set when an earlier expiry than the one last reported appears."""
+        return self._expiry_changed
+
+    def next_expiry(self) -> float | None:
+        """The trio time at which the next delivery expires, if any runs."""
+        while self._expiries:
+            deadline, job_id, attempt = self._expiries[0]
+            record = self._jobs[job_id]
+            if (
+                record.state == JobState.RUNNING
+                and record.attempt == attempt
+                and record.visible_until == deadline
+            ):
+                return deadline
+            heapq.heappop(self._expiries)
+        return None
+
+    def expire_due(self, now: float) -> None:
+        """Return every delivery that expired by ``now`` to its queue."""
+        while (deadline := self.next_expiry()) is not None and deadline <= now:
+            _, job_id, _ = heapq.heappop(self._expiries)
+            record = self._jobs[job_id]
+            log.info(
+                "visibility of job %s (attempt %d) expired; returning it to queue %s",
+                job_id,
+                record.attempt,
+                record.queue,
+            )
+            self._make_ready(record)
+
+    # Internals.
+
+    def _record(self, job_id: str) -> _JobRecord:
+        if not job_id:
+            raise InvalidArgument("job_id is required")
+        record = self._jobs.get(job_id)
+        if record is None:
+            raise NotFound(f"job {job_id} not found")
+        return record
+
+    def _current(self, task_token: str) -> tuple[TaskToken, _JobRecord]:
+        """The token's claims and job, if the token's delivery is still current."""
+        token = self._signer.verify(task_token)
+        record = self._jobs.get(token.job_id)
+        if record is None or record.queue != token.queue:
+            raise InvalidArgument("task token names an unknown job")
+        if (
+            record.state != JobState.RUNNING
+            or record.attempt != token.attempt
+            or record.visible_until <= trio.current_time()
+        ):
+            raise InvalidArgument(
+                "task token is no longer current: its delivery expired or the job finished"
+            )
+        return token, record
+
+    def _deliver(self, record: _JobRecord, visibility: int) -> Delivery:
+        record.attempt += 1
+        record.sequence_base = record.sequences[-1] if record.sequences else 0
+        self._set_state(record, JobState.RUNNING)
+        self._set_visible_until(record, trio.current_time() + visibility)
+        telemetry.jobs_dequeued.add(1, {"queue": record.queue})
+        if record.attempt > 1:
+            telemetry.jobs_redelivered.add(1, {"queue": record.queue})
+        token = self._signer.sign(TaskToken(record.job.job_id, record.queue, record.attempt))
+        return Delivery(job=copy.deepcopy(record.job), task_token=token)
+
+    def _make_ready(self, record: _JobRecord) -> None:
+        record.visible_until = math.inf
+        self._set_state(record, JobState.SCHEDULED)
+        waiting = self._queues[record.queue]
+        heapq.heappush(waiting.ready, (record.order, record.job.job_id))
+        # Every waiter looks again; the first to run takes the job. Waking only
+        # one could strand the job behind a waiter that is being cancelled.
+        waiting.waiters.unpark_all()
+
+    def _set_visible_until(self, record: _JobRecord, deadline: float) -> None:
+        record.visible_until = deadline
+        head = self.next_expiry()
+        heapq.heappush(self._expiries, (deadline, record.job.job_id, record.attempt))
+        if head is None or deadline < head:
+            self._expiry_changed.set()
+            self._expiry_changed = trio.Event()
+
+    def _set_state(self, record: _JobRecord, state: JobState) -> None:
+        record.job.state = state
+        record.job.updated_at = _now()
+
+
+def _now() -> Timestamp:
+    return Timestamp.from_nanos(time.time_ns())
+
+
+def _rebased(event: JobEvent, base: int) -> JobEvent:
+    """The event as stored: its sequences moved past the job's earlier runs."""
+    if not base:
+        return event
+    stored = copy.deepcopy(event)
+    stored.sequence += base
+    if stored.event_data is not None and stored.event_data.field == "output_batch":
+        batch = stored.event_data.value
+        batch.start_sequence += base
+        batch.end_sequence += base
+    return stored

@@ -1,0 +1,161 @@
+"""Rules every store applies the same way: defaults, limits and input checks."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+
+from airunner.api.job.v1.job_pb import (
+    BatchingConfig,
+    EventType,
+    ExecutionConfig,
+    JobEvent,
+    JobParams,
+    JobResult,
+    JobState,
+    ProcessType,
+)
+
+from ._contract import EventQuery
+from ._errors import InvalidArgument
+from ._tokens import TaskToken
+
+# SQS refuses a visibility timeout above 12 hours; both stores keep to it.
+MAX_VISIBILITY_TIMEOUT_SECONDS = 12 * 60 * 60
+DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 300
+# One SQS ReceiveMessage returns at most 10 messages.
+MAX_JOBS_PER_DEQUEUE = 10
+# Far above a UUID, far below DynamoDB's 2 KB limit on a key attribute.
+MAX_REQUEST_ID_LENGTH = 256
+# A job item holds its parameters beside its result and bookkeeping, all under
+# DynamoDB's 400 KB item limit.
+MAX_JOB_PARAMS_BYTES = 256 * 1024
+# The worker sends batches of at most 256 KiB of output; an event item must stay
+# under DynamoDB's 400 KB with its key and attributes.
+MAX_EVENT_BYTES = 320 * 1024
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+_PROCESS_TYPES = frozenset(ProcessType)
+_EVENT_TYPES = frozenset(EventType) - {EventType.UNSPECIFIED}
+_STATES = frozenset(JobState)
+
+
+def default_execution_config() -> ExecutionConfig:
+    """How workers run jobs unless a store is told otherwise."""
+    return ExecutionConfig(
+        batching=BatchingConfig(
+            flush_interval_seconds=1,
+            max_batch_size=1000,
+            max_batch_bytes=256 * 1024,
+            playback_interval_millis=50,
+        ),
+        # Well inside the default 300 s visibility timeout, so a missed beat or
+        # two does not lose the job.
+        heartbeat_interval_seconds=30,
+        # A watcher sees trickling output within about this long.
+        output_flush_interval_millis=100,
+    )
+
+
+def check_queue(queue: str, known: Collection[str]) -> str:
+    if not queue:
+        raise InvalidArgument("queue is required")
+    if queue not in known:
+        raise InvalidArgument(f"unknown queue {queue!r}; known queues: {', '.join(sorted(known))}")
+    return queue
+
+
+def check_enqueue(
+    request_id: str, queue: str, params: JobParams | None, known_queues: Collection[str]
+) -> JobParams:
+    """Check an EnqueueJob request; return its parameters."""
+    if not request_id:
+        raise InvalidArgument("request_id is required")
+    if len(request_id) > MAX_REQUEST_ID_LENGTH:
+        raise InvalidArgument(f"request_id is longer than {MAX_REQUEST_ID_LENGTH} characters")
+    check_queue(queue, known_queues)
+    if params is None:
+        raise InvalidArgument("job_params is required")
+    if not params.command:
+        raise InvalidArgument("job_params.command is required")
+    if params.timeout_seconds < 0:
+        raise InvalidArgument("job_params.timeout_seconds must not be negative")
+    if params.process_type not in _PROCESS_TYPES:
+        raise InvalidArgument(f"job_params.process_type {int(params.process_type)} is unknown")
+    size = len(params.to_binary())
+    if size > MAX_JOB_PARAMS_BYTES:
+        raise InvalidArgument(
+            f"job_params is {size} bytes encoded; the limit is {MAX_JOB_PARAMS_BYTES}"
+        )
+    return params
+
+
+def visibility_timeout(seconds: int, default: int) -> int:
+    """The visibility timeout a request asks for, 0 meaning the store's default."""
+    if seconds < 0:
+        raise InvalidArgument("visibility_timeout_seconds must not be negative")
+    if seconds > MAX_VISIBILITY_TIMEOUT_SECONDS:
+        raise InvalidArgument(
+            f"visibility_timeout_seconds must be at most {MAX_VISIBILITY_TIMEOUT_SECONDS}"
+        )
+    return seconds or default
+
+
+def max_jobs(value: int) -> int:
+    """The number of jobs a DequeueJob request asks for, 0 meaning 1."""
+    if not 0 <= value <= MAX_JOBS_PER_DEQUEUE:
+        raise InvalidArgument(f"max_jobs must be between 1 and {MAX_JOBS_PER_DEQUEUE}")
+    return value or 1
+
+
+def page_args(state: JobState, page: int, page_size: int) -> tuple[int, int]:
+    """The 1-based page and page size a ListJobs request asks for."""
+    if state not in _STATES:
+        raise InvalidArgument(f"state {int(state)} is unknown")
+    if page < 0:
+        raise InvalidArgument("page must not be negative")
+    if not 0 <= page_size <= MAX_PAGE_SIZE:
+        raise InvalidArgument(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
+    return page or 1, page_size or DEFAULT_PAGE_SIZE
+
+
+def last_page(total: int, page_size: int) -> int:
+    return max(1, -(-total // page_size))
+
+
+def check_result(result: JobResult | None, token: TaskToken) -> JobResult:
+    if result is None:
+        raise InvalidArgument("job_result is required")
+    if result.job_id != token.job_id:
+        raise InvalidArgument("job_result.job_id does not match the task token's job")
+    return result
+
+
+def check_events(events: Sequence[JobEvent]) -> None:
+    for event in events:
+        if event.sequence < 1:
+            raise InvalidArgument("event sequence must be 1 or more")
+        if event.event_type not in _EVENT_TYPES:
+            raise InvalidArgument(
+                f"event {event.sequence} has an unknown event_type {int(event.event_type)}"
+            )
+        size = len(event.to_binary())
+        if size > MAX_EVENT_BYTES:
+            raise InvalidArgument(
+                f"event {event.sequence} is {size} bytes encoded; the limit is {MAX_EVENT_BYTES}"
+            )
+
+
+def check_event_query(
+    job_id: str, from_sequence: int, from_timestamp_ms: int, event_filter: Sequence[EventType]
+) -> EventQuery:
+    if not job_id:
+        raise InvalidArgument("job_id is required")
+    if from_sequence < 0:
+        raise InvalidArgument("from_sequence must not be negative")
+    if from_timestamp_ms < 0:
+        raise InvalidArgument("from_timestamp must not be negative")
+    types = frozenset(event_filter)
+    if unknown := types - _EVENT_TYPES:
+        raise InvalidArgument(f"event_filter has unknown event types {sorted(map(int, unknown))}")
+    return EventQuery(from_sequence, from_timestamp_ms, types)

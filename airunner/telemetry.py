@@ -1,0 +1,48 @@
+"""The metric instruments airunner records.
+
+They come from the OpenTelemetry API: without an SDK configured (the default)
+every instrument is a no-op that costs next to nothing. Attributes stay bounded
+(queue, state, operation, reason), never a job id.
+"""
+
+from __future__ import annotations
+
+from opentelemetry import metrics
+
+_meter = metrics.get_meter("airunner")
+
+jobs_enqueued = _meter.create_counter(
+    "airunner.jobs.enqueued.total", description="Jobs created by EnqueueJob"
+)
+jobs_dequeued = _meter.create_counter(
+    "airunner.jobs.dequeued.total", description="Job deliveries handed to dequeuers"
+)
+jobs_completed = _meter.create_counter(
+    "airunner.jobs.completed.total", description="Jobs finished, by final state"
+)
+jobs_visibility_updates = _meter.create_counter(
+    "airunner.jobs.visibility_updates.total", description="Visibility extensions"
+)
+jobs_redelivered = _meter.create_counter(
+    "airunner.jobs.redelivered.total",
+    description="Deliveries of a job that had been delivered before",
+)
+events_publish = _meter.create_counter(
+    "airunner.events.publish.total", description="Events received from publishers"
+)
+events_publish_errors = _meter.create_counter(
+    "airunner.events.publish.errors.total", description="PublishJobEvents calls refused or failed"
+)
+events_persisted = _meter.create_counter(
+    "airunner.events.persisted.total", description="Events stored (duplicates excluded)"
+)
+events_dropped = _meter.create_counter(
+    "airunner.events.dropped.total", description="Events not delivered to a subscriber"
+)
+streams_active = _meter.create_up_down_counter(
+    "airunner.streams.active", description="Open StreamJobEvents subscriptions"
+)
+channels_overflow = _meter.create_counter(
+    "airunner.channels.overflow.total",
+    description="Subscriber buffers that overflowed, ending their stream",
+)
