@@ -1,0 +1,44 @@
+"""Fixtures of the store contract suite: every test runs against every store.
+
+A second store plugs in by adding its name to STORES and a branch to ``store``.
+Time-dependent tests take the ``clock`` fixture: a trio MockClock that jumps
+ahead whenever every task is waiting, for stores whose deadlines are trio times.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from airunner.store import JobStore, MemoryJobStore
+
+STORES = ["memory"]
+# Small, so that the overflow case needs few events.
+SUBSCRIBER_BUFFER = 8
+POLL = 5.0
+
+
+@pytest.fixture(params=STORES)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def clock(store_kind: str) -> trio.abc.Clock | None:
+    if store_kind == "memory":
+        return trio.testing.MockClock(autojump_threshold=0)
+    return None
+
+
+@pytest.fixture
+async def store(store_kind: str, nursery: trio.Nursery) -> JobStore:
+    if store_kind == "memory":
+        made: JobStore = MemoryJobStore(
+            token_secret=b"contract-secret", subscriber_buffer=SUBSCRIBER_BUFFER
+        )
+    else:  # pragma: no cover
+        raise AssertionError(store_kind)
+    for actor in made.actors():
+        await nursery.start(actor.run)
+    return made

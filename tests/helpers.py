@@ -1,0 +1,67 @@
+"""Builders shared by the tests."""
+
+from __future__ import annotations
+
+import itertools
+
+from protobuf import Oneof
+from protobuf.wkt import Timestamp
+
+from airunner.api.job.v1.job_pb import (
+    EventType,
+    JobEvent,
+    JobParams,
+    JobResult,
+    OutputBatchEvent,
+    OutputItem,
+    ProcessEndEvent,
+    ProcessStartEvent,
+    StreamType,
+)
+
+_request_ids = itertools.count(1)
+
+
+def request_id() -> str:
+    return f"request-{next(_request_ids)}"
+
+
+def params(command: str = "echo", *args: str, **fields: object) -> JobParams:
+    return JobParams(command=command, args=list(args), **fields)  # type: ignore[arg-type]
+
+
+def start_event(sequence: int, *, ms: int = 0) -> JobEvent:
+    return JobEvent(
+        sequence=sequence,
+        event_type=EventType.PROCESS_START,
+        timestamp=Timestamp.from_nanos(ms * 1_000_000) if ms else None,
+        event_data=Oneof(field="process_start", value=ProcessStartEvent(pid=42)),
+    )
+
+
+def output_event(sequence: int, data: bytes = b"hello\n", *, ms: int = 0) -> JobEvent:
+    return JobEvent(
+        sequence=sequence,
+        event_type=EventType.OUTPUT_BATCH,
+        timestamp=Timestamp.from_nanos(ms * 1_000_000) if ms else None,
+        event_data=Oneof(
+            field="output_batch",
+            value=OutputBatchEvent(
+                outputs=[OutputItem(output=data, stream_type=StreamType.STDOUT)],
+                start_sequence=sequence,
+                end_sequence=sequence,
+            ),
+        ),
+    )
+
+
+def end_event(sequence: int, exit_code: int = 0) -> JobEvent:
+    return JobEvent(
+        sequence=sequence,
+        event_type=EventType.PROCESS_END,
+        event_data=Oneof(field="process_end", value=ProcessEndEvent(pid=42, exit_code=exit_code)),
+    )
+
+
+def result(job_id: str, *, success: bool = True, exit_code: int = 0) -> JobResult:
+    return JobResult(job_id=job_id, success=success, exit_code=exit_code)
