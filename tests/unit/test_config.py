@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import pytest
+
+from airunner.config import (
+    ConfigError,
+    MemoryStoreSettings,
+    SQSStoreSettings,
+    parse_listen,
+    store_settings_from_env,
+)
+
+SQS = {
+    "AIRUNNER_STORE_TYPE": "sqs",
+    "AIRUNNER_SQS_QUEUE_DEFAULT": "http://127.0.0.1:1/q/default",
+    "AIRUNNER_DYNAMODB_JOBS_TABLE": "airunner_jobs",
+    "AIRUNNER_TOKEN_SIGNING_SECRET": "s3cret",
+}
+
+
+@pytest.mark.parametrize("value", [None, "", "memory"])
+def test_memory_is_the_default(value: str | None) -> None:
+    env = {} if value is None else {"AIRUNNER_STORE_TYPE": value}
+    assert store_settings_from_env(env) == MemoryStoreSettings()
+
+
+def test_unknown_store_type() -> None:
+    with pytest.raises(ConfigError, match="^unknown store type: redis$"):
+        store_settings_from_env({"AIRUNNER_STORE_TYPE": "redis"})
+
+
+@pytest.mark.parametrize(
+    ("missing", "message"),
+    [
+        ("AIRUNNER_SQS_QUEUE_DEFAULT", "AIRUNNER_SQS_QUEUE_DEFAULT is required"),
+        ("AIRUNNER_DYNAMODB_JOBS_TABLE", "AIRUNNER_DYNAMODB_JOBS_TABLE is required"),
+        ("AIRUNNER_TOKEN_SIGNING_SECRET", "AIRUNNER_TOKEN_SIGNING_SECRET is required"),
+    ],
+)
+def test_sqs_requires_its_variables(missing: str, message: str) -> None:
+    env = {k: v for k, v in SQS.items() if k != missing}
+    with pytest.raises(ConfigError, match=f"^failed to create SQS store: {message}$"):
+        store_settings_from_env(env)
+
+
+def test_sqs_reports_missing_variables_in_the_seeds_order() -> None:
+    with pytest.raises(ConfigError, match="AIRUNNER_SQS_QUEUE_DEFAULT is required"):
+        store_settings_from_env({"AIRUNNER_STORE_TYPE": "sqs"})
+    with pytest.raises(ConfigError, match="AIRUNNER_DYNAMODB_JOBS_TABLE is required"):
+        store_settings_from_env({"AIRUNNER_STORE_TYPE": "sqs", "AIRUNNER_SQS_QUEUE_DEFAULT": "u"})
+
+
+def test_sqs_settings_with_defaults_and_options() -> None:
+    settings = store_settings_from_env(SQS)
+    assert settings == SQSStoreSettings(
+        queue_urls={"default": SQS["AIRUNNER_SQS_QUEUE_DEFAULT"]},
+        jobs_table="airunner_jobs",
+        events_table="",
+        default_visibility_timeout=300,
+        events_ttl_days=0,
+        token_signing_secret=b"s3cret",
+    )
+    settings = store_settings_from_env(
+        SQS
+        | {
+            "AIRUNNER_SQS_QUEUE_PRIORITY": "http://127.0.0.1:1/q/priority",
+            "AIRUNNER_DYNAMODB_EVENTS_TABLE": "airunner_job_events",
+            "AIRUNNER_DEFAULT_VISIBILITY_TIMEOUT": "60",
+            "AIRUNNER_EVENTS_TTL_DAYS": "30",
+        }
+    )
+    assert isinstance(settings, SQSStoreSettings)
+    assert settings.queue_urls["priority"] == "http://127.0.0.1:1/q/priority"
+    assert settings.events_table == "airunner_job_events"
+    assert (settings.default_visibility_timeout, settings.events_ttl_days) == (60, 30)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("AIRUNNER_DEFAULT_VISIBILITY_TIMEOUT", "5m", "must be a whole number, got '5m'"),
+        ("AIRUNNER_DEFAULT_VISIBILITY_TIMEOUT", "0", "must be between 1 and 43200"),
+        ("AIRUNNER_DEFAULT_VISIBILITY_TIMEOUT", "50000", "must be between 1 and 43200"),
+        ("AIRUNNER_EVENTS_TTL_DAYS", "-1", "must be between 0 and 3650"),
+        ("AIRUNNER_EVENTS_TTL_DAYS", "thirty", "must be a whole number"),
+    ],
+)
+def test_malformed_numbers_are_errors_not_defaults(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"{name} {message}"):
+        store_settings_from_env(SQS | {name: value})
+
+
+def test_memory_store_reads_visibility_and_secret() -> None:
+    settings = store_settings_from_env(
+        {"AIRUNNER_DEFAULT_VISIBILITY_TIMEOUT": "42", "AIRUNNER_TOKEN_SIGNING_SECRET": "k"}
+    )
+    assert settings == MemoryStoreSettings(default_visibility_timeout=42, token_signing_secret=b"k")
+    with pytest.raises(ConfigError, match="whole number"):
+        store_settings_from_env({"AIRUNNER_DEFAULT_VISIBILITY_TIMEOUT": "x"})
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1:8080", "0.0.0.0:0", "[::1]:9000", "localhost:1"])
+def test_listen_addresses(text: str) -> None:
+    assert parse_listen(text) == text
+
+
+@pytest.mark.parametrize("text", ["8080", ":8080", "host:", "host:http", "host:70000"])
+def test_bad_listen_addresses(text: str) -> None:
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        parse_listen(text)
