@@ -1,9 +1,16 @@
-"""Builders shared by the tests."""
+"""Builders and tool lookups shared by the tests."""
 
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
+import pytest
+import trio
 from protobuf import Oneof
 from protobuf.wkt import Timestamp
 
@@ -65,3 +72,31 @@ def end_event(sequence: int, exit_code: int = 0) -> JobEvent:
 
 def result(job_id: str, *, success: bool = True, exit_code: int = 0) -> JobResult:
     return JobResult(job_id=job_id, success=success, exit_code=exit_code)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Wait until ``condition()`` holds: for state that another thread or the
+    server's own tasks change, where no event exists to wait on."""
+    with trio.fail_after(10):
+        while not condition():  # noqa: ASYNC110
+            await trio.sleep(0.01)
+
+
+def tool(name: str) -> str:
+    """A command installed beside this Python (the test extras), else on PATH."""
+    local = BIN / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed; install the test extras: pip install -e '.[test]'")
+    return found
+
+
+def tool_env() -> dict[str, str]:
+    """The environment for tools that look up plugins on PATH."""
+    return os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}

@@ -329,9 +329,7 @@ async def test_complete_rejects_bad_input(
     job_id = await enqueue(store)
     delivery = await must_dequeue(store)
     with pytest.raises(InvalidArgument, match=message):
-        await store.complete_job(
-            delivery.task_token if token == "GOOD" else token, job_result
-        )
+        await store.complete_job(delivery.task_token if token == "GOOD" else token, job_result)
     assert await state_of(store, job_id) == JobState.RUNNING
 
 
@@ -369,9 +367,7 @@ async def test_list_newest_first_with_filters_and_pages(store: JobStore) -> None
     scheduled = await store.list_jobs("default", JobState.SCHEDULED, 1, 50)
     assert [job.job_id for job in scheduled.jobs] == defaults[1:][::-1]
     done = await store.list_jobs("", JobState.COMPLETED, 1, 50)
-    assert [(job.job_id, job.state) for job in done.jobs] == [
-        (defaults[0], JobState.COMPLETED)
-    ]
+    assert [(job.job_id, job.state) for job in done.jobs] == [(defaults[0], JobState.COMPLETED)]
     assert (await store.list_jobs("priority", JobState.FAILED, 1, 50)).jobs == []
 
 

@@ -6,15 +6,11 @@ process would use them; the server is the one ``airunner-server`` runs.
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, TypeVar
 
 import jwt
@@ -33,9 +29,6 @@ from airunner.store import JobStore
 
 T = TypeVar("T")
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-
 
 @dataclass
 class RunningServer:
@@ -46,7 +39,11 @@ class RunningServer:
 
 @asynccontextmanager
 async def run_server(
-    *, auth: BearerAuth | None = None, poll_window: float = 5.0, grace_period: float = 5.0
+    *,
+    auth: BearerAuth | None = None,
+    poll_window: float = 5.0,
+    grace_period: float = 5.0,
+    store: JobStore | None = None,
 ) -> AsyncIterator[RunningServer]:
     settings = ServerSettings(
         listen="127.0.0.1:0",
@@ -55,7 +52,7 @@ async def run_server(
         grace_period=grace_period,
         poll_window=poll_window,
     )
-    store = build_store(settings.store)
+    store = store or build_store(settings.store)
     server = Server(settings, store)
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(server.run)
@@ -90,7 +87,9 @@ class Clients:
         kwargs.setdefault("headers", self.headers)
         return await trio.to_thread.run_sync(partial(method, *args, **kwargs))
 
-    async def collect(self, method: Callable[..., Iterator[T]], *args: Any, **kwargs: Any) -> list[T]:
+    async def collect(
+        self, method: Callable[..., Iterator[T]], *args: Any, **kwargs: Any
+    ) -> list[T]:
         kwargs.setdefault("headers", self.headers)
         return await trio.to_thread.run_sync(lambda: list(method(*args, **kwargs)))
 
@@ -114,34 +113,24 @@ class KeyPair:
 
     def token(self, *, exp_in: int = 600, **claims: Any) -> str:
         now = int(time.time())
-        return jwt.encode({"sub": "tests", "iat": now, "exp": now + exp_in} | claims, self.private, algorithm="ES256")
+        return jwt.encode(
+            {"sub": "tests", "iat": now, "exp": now + exp_in} | claims,
+            self.private,
+            algorithm="ES256",
+        )
 
 
 @pytest.fixture(scope="session")
 def key_pair() -> KeyPair:
     private = ec.generate_private_key(ec.SECP256R1())
-    public_pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    public_pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     private_pem = private.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     ).decode()
     return KeyPair(private, public_pem, private_pem)
-
-
-def tool(name: str) -> str:
-    """A command installed beside this Python (the test extras), else on PATH."""
-    local = BIN / name
-    if local.exists():
-        return str(local)
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} is not installed; install the test extras: pip install -e '.[test]'")
-    return found
-
-
-def tool_env() -> dict[str, str]:
-    """The environment for tools that look up plugins on PATH."""
-    return os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}

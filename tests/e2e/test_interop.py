@@ -11,9 +11,9 @@ import trio
 import trio.testing
 
 from airunner.store import TaskTokenSigner
-from tests.helpers import params, request_id
+from tests.helpers import ROOT, params, request_id, tool
 
-from .conftest import ROOT, RunningServer, run_server, tool
+from .conftest import RunningServer, run_server
 from .test_rpc import wait_for_dequeuer
 
 SCHEMA = str(ROOT / "proto" / "job" / "v1" / "job.proto")
@@ -92,7 +92,7 @@ async def test_buf_curl_dequeues_a_stream(running: RunningServer, flags: list[st
 async def test_job_released_when_dequeuing_client_disconnects() -> None:
     async with run_server(poll_window=60) as running:
         store = running.store
-        leaving = subprocess.Popen(
+        leaving = await trio.lowlevel.open_process(
             [
                 tool("buf"),
                 "curl",
@@ -102,15 +102,14 @@ async def test_job_released_when_dequeuing_client_disconnects() -> None:
                 json.dumps({"queue": "default"}),
                 f"{running.url}/job.v1.JobService/DequeueJob",
             ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
-            with trio.fail_after(20):
-                await wait_for_dequeuer(store)
+            await wait_for_dequeuer(store)
         finally:
             leaving.send_signal(signal.SIGKILL)
-            leaving.communicate()
+            await leaving.wait()
         # Let the server take in the disconnect: the client's sockets closed when
         # it died, so once every task is idle the server has read the EOF. (A job
         # sent in the same instant as a disconnect is lost to the client and

@@ -21,7 +21,15 @@ from airunner.api.job.v1.job_pb import (
     UpdateJobRequest,
 )
 from airunner.store import JobStore
-from tests.helpers import end_event, output_event, params, request_id, result, start_event
+from tests.helpers import (
+    end_event,
+    eventually,
+    output_event,
+    params,
+    request_id,
+    result,
+    start_event,
+)
 
 from .conftest import Clients, RunningServer, run_server
 
@@ -119,9 +127,7 @@ async def test_live_stream_receives_events_as_they_are_published(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(trio.to_thread.run_sync, watch)
         await running.store.publish_events(delivery.task_token, [start_event(1)])
-        with trio.fail_after(10):
-            while received != [1]:
-                await trio.sleep(0.01)
+        await eventually(lambda: received == [1])
         await running.store.publish_events(delivery.task_token, [end_event(2)])
         await running.store.complete_job(delivery.task_token, result(job.job_id))
     assert received == [1, 2]
@@ -181,7 +187,9 @@ async def test_errors_carry_their_connect_codes(clients: Clients) -> None:
     assert info.value.code == Code.INVALID_ARGUMENT
 
     with pytest.raises(ConnectError) as info:
-        await clients.collect(clients.jobs.dequeue_job, DequeueJobRequest(queue="default", max_jobs=50))
+        await clients.collect(
+            clients.jobs.dequeue_job, DequeueJobRequest(queue="default", max_jobs=50)
+        )
     assert info.value.code == Code.INVALID_ARGUMENT
 
 
@@ -192,9 +200,11 @@ class _BrokenStore:
         raise RuntimeError("password=hunter2 in a traceback")
 
 
-async def test_unexpected_errors_are_internal_without_details(caplog: pytest.LogCaptureFixture) -> None:
-    from airunner.http import Drain, build_app
+async def test_unexpected_errors_are_internal_without_details(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     from airunner.actors import HttpFront
+    from airunner.http import Drain, build_app
 
     drain = Drain()
     app = build_app(_BrokenStore(), auth=None, drain=drain)  # type: ignore[arg-type]
@@ -215,9 +225,11 @@ async def test_connection_survives_thousands_of_requests(running: RunningServer)
     clients = Clients(running.url, http2=True)
 
     def many() -> int:
-        for number in range(1500):
+        done = 0
+        for _ in range(1500):
             clients.jobs.list_jobs(ListJobsRequest(page_size=1), headers={})
-        return number + 1
+            done += 1
+        return done
 
     assert await trio.to_thread.run_sync(many) == 1500
     clients.close()
@@ -226,5 +238,4 @@ async def test_connection_survives_thousands_of_requests(running: RunningServer)
 async def wait_for_dequeuer(store: JobStore, queue: str = "default", count: int = 1) -> None:
     """Until ``count`` DequeueJob calls wait on the memory store's queue."""
     waiters = store._queues[queue].waiters  # type: ignore[attr-defined]
-    while waiters.statistics().tasks_waiting < count:
-        await trio.sleep(0.01)
+    await eventually(lambda: waiters.statistics().tasks_waiting >= count)

@@ -25,7 +25,7 @@ def test_memory_is_the_default(value: str | None) -> None:
 
 
 def test_unknown_store_type() -> None:
-    with pytest.raises(ConfigError, match="^unknown store type: redis$"):
+    with pytest.raises(ConfigError, match=r"^unknown store type: redis$"):
         store_settings_from_env({"AIRUNNER_STORE_TYPE": "redis"})
 
 
@@ -94,7 +94,9 @@ def test_memory_store_reads_visibility_and_secret() -> None:
     settings = store_settings_from_env(
         {"AIRUNNER_DEFAULT_VISIBILITY_TIMEOUT": "42", "AIRUNNER_TOKEN_SIGNING_SECRET": "k"}
     )
-    assert settings == MemoryStoreSettings(default_visibility_timeout=42, token_signing_secret=b"k")
+    assert settings == MemoryStoreSettings(
+        default_visibility_timeout=42, token_signing_secret=b"k"
+    )
     with pytest.raises(ConfigError, match="whole number"):
         store_settings_from_env({"AIRUNNER_DEFAULT_VISIBILITY_TIMEOUT": "x"})
 

@@ -1,0 +1,205 @@
+"""The installed commands, run as a user runs them: configuration errors, signals, tokens."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import jwt
+import pytest
+import trio
+
+from airunner.api.job.v1.job_pb import ListJobsRequest
+from airunner.http import BearerAuth, load_public_key
+from tests.helpers import tool
+
+from .conftest import Clients, KeyPair, run_server
+
+# Variables of the developer's shell that would change what the server does.
+_OURS = re.compile(r"^(AIRUNNER_|JWT_|AWS_|OTEL_)")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not _OURS.match(k)} | extra
+
+
+def run_command(args: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "message"),
+    [
+        ({"AIRUNNER_STORE_TYPE": "redis"}, ["--no-auth"], "unknown store type: redis"),
+        (
+            {"AIRUNNER_STORE_TYPE": "sqs"},
+            ["--no-auth"],
+            "failed to create SQS store: AIRUNNER_SQS_QUEUE_DEFAULT is required",
+        ),
+        (
+            {"AIRUNNER_STORE_TYPE": "sqs", "AIRUNNER_SQS_QUEUE_DEFAULT": "http://127.0.0.1:1/q"},
+            ["--no-auth"],
+            "failed to create SQS store: AIRUNNER_DYNAMODB_JOBS_TABLE is required",
+        ),
+        (
+            {
+                "AIRUNNER_STORE_TYPE": "sqs",
+                "AIRUNNER_SQS_QUEUE_DEFAULT": "http://127.0.0.1:1/q",
+                "AIRUNNER_DYNAMODB_JOBS_TABLE": "airunner_jobs",
+            },
+            ["--no-auth"],
+            "failed to create SQS store: AIRUNNER_TOKEN_SIGNING_SECRET is required",
+        ),
+        (
+            {
+                "AIRUNNER_STORE_TYPE": "sqs",
+                "AIRUNNER_SQS_QUEUE_DEFAULT": "http://127.0.0.1:1/q",
+                "AIRUNNER_DYNAMODB_JOBS_TABLE": "airunner_jobs",
+                "AIRUNNER_TOKEN_SIGNING_SECRET": "s",
+            },
+            ["--no-auth"],
+            "failed to create SQS store: the SQS/DynamoDB store is not available",
+        ),
+        (
+            {"AIRUNNER_DEFAULT_VISIBILITY_TIMEOUT": "soon"},
+            ["--no-auth"],
+            "AIRUNNER_DEFAULT_VISIBILITY_TIMEOUT must be a whole number, got 'soon'",
+        ),
+        ({}, [], "JWT_PUBLIC_KEY is required"),
+        ({"JWT_PUBLIC_KEY": "nonsense"}, [], "JWT_PUBLIC_KEY is not a PEM public key"),
+        ({}, ["--no-auth", "--listen", "8080"], "listen address must be HOST:PORT"),
+        ({"AIRUNNER_LISTEN": "nowhere"}, ["--no-auth"], "listen address must be HOST:PORT"),
+    ],
+)
+def test_configuration_errors_are_one_line(
+    env: dict[str, str], args: list[str], message: str
+) -> None:
+    done = run_command([tool("airunner-server"), "rpc-server", *args], clean_env(**env))
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("airunner-server: error: ")
+    assert message in lines[0]
+
+
+def test_port_in_use_is_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_command(
+            [tool("airunner-server"), "rpc-server", "--no-auth", "--listen", f"127.0.0.1:{port}"],
+            clean_env(),
+        )
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"airunner-server: error: cannot listen on 127.0.0.1:{port}")
+    assert "Traceback" not in done.stderr
+
+
+@dataclass
+class ServerProcess:
+    process: trio.Process
+    url: str = ""
+    log: list[str] = field(default_factory=list)
+
+
+@asynccontextmanager
+async def server_process(*args: str, **env: str) -> AsyncIterator[ServerProcess]:
+    process = await trio.lowlevel.open_process(
+        [tool("airunner-server"), "rpc-server", "--listen", "127.0.0.1:0", *args],
+        env=clean_env(**env),
+        stderr=subprocess.PIPE,
+    )
+    running = ServerProcess(process)
+    assert process.stderr is not None
+    stderr = process.stderr
+
+    async def read_log(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        pending = b""
+        started = False
+        while chunk := await stderr.receive_some():
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                running.log.append(line.decode())
+                if not started and (found := re.search(r"serving on (http://\S+)", line.decode())):
+                    running.url = found.group(1)
+                    started = True
+                    task_status.started()
+        if not started:
+            raise AssertionError("server exited before serving:\n" + "\n".join(running.log))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(30):
+                await nursery.start(read_log)
+            yield running
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_server_serves_until_a_signal_then_exits_zero(signum: signal.Signals) -> None:
+    async with server_process("--no-auth", "--grace-period", "20") as server:
+        clients = Clients(server.url)
+        await clients.call(clients.jobs.list_jobs, ListJobsRequest())
+        clients.close()
+        began = trio.current_time()
+        server.process.send_signal(signum)
+        with trio.fail_after(20):
+            assert await server.process.wait() == 0
+        # Nothing was in flight, so nothing waited for the grace period.
+        assert trio.current_time() - began < 10
+    assert any(line.endswith("Using in-memory job store") for line in server.log)
+    assert any(f"{signum.name}: draining" in line for line in server.log)
+
+
+async def test_cli_token_is_accepted_by_a_server(key_pair: KeyPair) -> None:
+    done = run_command(
+        [tool("airunner-cli"), "token", "--subject", "alice", "--ttl", "5m"],
+        clean_env(JWT_SIGNING_KEY=key_pair.private_pem),
+    )
+    assert done.returncode == 0, done.stderr
+    token = done.stdout.strip()
+    claims = jwt.decode(token, key_pair.private.public_key(), algorithms=["ES256"])
+    assert claims["sub"] == "alice"
+    assert claims["iss"] == "airunner"
+    assert claims["exp"] - claims["iat"] == 300
+    auth = BearerAuth(load_public_key(key_pair.public_pem))
+    async with run_server(auth=auth) as running:
+        clients = Clients(running.url, token=token)
+        await clients.call(clients.jobs.list_jobs, ListJobsRequest())
+        clients.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "message"),
+    [
+        ({}, ["--subject", "a"], "JWT_SIGNING_KEY is required"),
+        ({"JWT_SIGNING_KEY": "nope"}, ["--subject", "a"], "not an unencrypted PEM private key"),
+        (
+            {"JWT_SIGNING_KEY": "KEY"},
+            ["--subject", "a", "--ttl", "soon"],
+            "duration must look like",
+        ),
+        ({"JWT_SIGNING_KEY": "KEY"}, ["--subject", " "], "--subject must not be empty"),
+    ],
+)
+def test_cli_token_errors(
+    key_pair: KeyPair, env: dict[str, str], args: list[str], message: str
+) -> None:
+    env = {k: key_pair.private_pem if v == "KEY" else v for k, v in env.items()}
+    done = run_command([tool("airunner-cli"), "token", *args], clean_env(**env))
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("airunner-cli: error: ")
+    assert message in line
