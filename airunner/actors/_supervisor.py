@@ -19,6 +19,18 @@ RESTART_BACKOFF_MAX = 30.0
 RESTART_BACKOFF_RESET_AFTER = 60.0
 
 
+class _ReadyWatch(trio.TaskStatus[Any]):
+    """Passes on the actor's ``started`` call and remembers that it came."""
+
+    def __init__(self, outer: trio.TaskStatus[Any]) -> None:
+        self._outer = outer
+        self.ready = False
+
+    def started(self, value: Any = None) -> None:
+        self.ready = True
+        self._outer.started(value)
+
+
 async def supervise(
     actor: Actor, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -31,26 +43,19 @@ async def supervise(
     Cancellation:
         Cancelling stops the actor.
     """
-    started = False
+    watch = _ReadyWatch(task_status)
     backoff = RESTART_BACKOFF_INITIAL
-
-    async def start_actor(*, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        await actor.run(task_status=task_status)
-
     while True:
         began = trio.current_time()
         try:
-            if not started:
-                async with trio.open_nursery() as nursery:
-                    value = await nursery.start(start_actor)
-                    started = True
-                    task_status.started(value)
-            else:
+            if watch.ready:
                 await actor.run()
+            else:
+                await actor.run(task_status=watch)
             log.info("%s stopped", actor.name)
             return
         except Exception:
-            if not started:
+            if not watch.ready:
                 raise
             log.exception("%s crashed", actor.name)
             if not actor.restartable:

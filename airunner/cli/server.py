@@ -12,8 +12,7 @@ from collections.abc import Sequence
 import trio
 
 from airunner.config import DEFAULT_LISTEN, ConfigError, parse_listen, store_settings_from_env
-from airunner.http import AuthConfigError, load_public_key
-from airunner.http._auth import BearerAuth
+from airunner.http import AuthConfigError, BearerAuth, load_public_key
 from airunner.server import DEFAULT_GRACE_PERIOD_SECONDS, Server, ServerSettings, build_store
 
 log = logging.getLogger("airunner.server")
