@@ -273,10 +273,12 @@ class MemoryJobStore:
         _, record = self._current(task_token)
         rules.check_events(events)
         telemetry.events_publish.add(len(events), {"queue": record.queue})
+        stored_count = 0
         for event in events:
             sequence = record.sequence_base + event.sequence
             if sequence in record.events:
                 continue
+            stored_count += 1
             stored = _rebased(event, record.sequence_base)
             if stored.timestamp is None:
                 stored.timestamp = _now()
@@ -287,7 +289,7 @@ class MemoryJobStore:
                 bisect.insort(record.sequences, sequence)
             for subscriber in record.subscribers:
                 subscriber.offer(stored)
-        telemetry.events_persisted.add(len(events), {"queue": record.queue})
+        telemetry.events_persisted.add(stored_count, {"queue": record.queue})
 
     @asynccontextmanager
     async def subscribe_events(self, job_id: str, query: EventQuery) -> AsyncIterator[_Subscriber]:
