@@ -134,5 +134,13 @@ TERMINAL_EVENT_TYPES = frozenset({EventType.PROCESS_END, EventType.PROCESS_ERROR
 FINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
 
 
+def last_sequence_of(event: JobEvent) -> int:
+    """The last sequence an event covers: an output batch's end_sequence, else its own."""
+    data = event.event_data
+    if data is not None and data.field == "output_batch":
+        return max(event.sequence, data.value.end_sequence)
+    return event.sequence
+
+
 def event_time_ms(event: JobEvent) -> int:
     return event.timestamp.to_nanos() // 1_000_000 if event.timestamp is not None else 0

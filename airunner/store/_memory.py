@@ -34,7 +34,7 @@ from airunner.api.job.v1.job_pb import (
 )
 
 from . import _rules as rules
-from ._contract import FINAL_STATES, Delivery, EventQuery, JobPage
+from ._contract import FINAL_STATES, Delivery, EventQuery, JobPage, last_sequence_of
 from ._errors import InvalidArgument, NotFound, ResourceExhausted
 from ._ids import new_job_id
 from ._tokens import TaskToken, TaskTokenSigner
@@ -64,6 +64,8 @@ class _JobRecord:
     # Added to the worker's sequences of the current delivery, so that a job run
     # twice keeps one increasing event log (0 for the first run).
     sequence_base: int = 0
+    # The highest sequence stored, counting the items an output batch covers.
+    last_sequence: int = 0
     subscribers: set[_Subscriber] = field(default_factory=set)
 
     @property
@@ -283,6 +285,7 @@ class MemoryJobStore:
             if stored.timestamp is None:
                 stored.timestamp = _now()
             record.events[sequence] = stored
+            record.last_sequence = max(record.last_sequence, last_sequence_of(stored))
             if not record.sequences or sequence > record.sequences[-1]:
                 record.sequences.append(sequence)
             else:
@@ -374,7 +377,7 @@ class MemoryJobStore:
 
     def _deliver(self, record: _JobRecord, visibility: int) -> Delivery:
         record.attempt += 1
-        record.sequence_base = record.sequences[-1] if record.sequences else 0
+        record.sequence_base = record.last_sequence
         self._set_state(record, JobState.RUNNING)
         self._set_visible_until(record, trio.current_time() + visibility)
         telemetry.jobs_dequeued.add(1, {"queue": record.queue})

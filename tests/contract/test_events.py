@@ -271,7 +271,9 @@ async def test_subscribe_to_unknown_job_is_not_found(store: JobStore) -> None:
 async def test_rerun_job_keeps_one_increasing_event_log(store: JobStore, clock: object) -> None:
     job_id = await enqueue(store)
     first = await must_dequeue(store, visibility=10)
-    await store.publish_events(first.task_token, [start_event(1), output_event(2, b"one")])
+    covering = output_event(2, b"one")
+    covering.event_data.value.end_sequence = 4  # type: ignore[union-attr]
+    await store.publish_events(first.task_token, [start_event(1), covering])
     async with store.subscribe_events(job_id, EventQuery()) as stream:
         assert sequences(await take(stream, 2)) == [1, 2]
         await trio.sleep(11)
@@ -279,7 +281,8 @@ async def test_rerun_job_keeps_one_increasing_event_log(store: JobStore, clock: 
         await store.publish_events(second.task_token, [start_event(1), output_event(2, b"two")])
         await finish(store, second, 3)
         rerun = await drain(stream)
-    assert sequences(rerun) == [3, 4, 5]
+    # After the first run's last output item (4), not just its last event (2).
+    assert sequences(rerun) == [5, 6, 7]
     assert [e.event_type for e in rerun] == [
         EventType.PROCESS_START,
         EventType.OUTPUT_BATCH,
@@ -287,4 +290,4 @@ async def test_rerun_job_keeps_one_increasing_event_log(store: JobStore, clock: 
     ]
     batch = rerun[1].event_data
     assert batch is not None
-    assert batch.value.start_sequence == batch.value.end_sequence == 4  # type: ignore[union-attr]
+    assert batch.value.start_sequence == batch.value.end_sequence == 6  # type: ignore[union-attr]
