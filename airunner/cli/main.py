@@ -1,72 +1,38 @@
-"""airunner-cli: tools for people and workers talking to an airunner server."""
+"""airunner-cli: submit and watch jobs, run a worker, mint tokens."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import sys
-import time
 from collections.abc import Sequence
 
-import jwt
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-_DURATION = re.compile(r"^(\d+)([smhd]?)$")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-class CliError(Exception):
-    """A failure to report as one line, without a traceback."""
+from . import _jobs, _token, _worker
+from ._common import CliError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="airunner-cli", description="Talk to airunner.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    token = commands.add_parser(
-        "token", help="print a bearer token signed with the private key in JWT_SIGNING_KEY"
-    )
-    token.add_argument("--subject", required=True, help="who the token is for (sub)")
-    token.add_argument("--ttl", default="1h", help="lifetime: 90s, 30m, 12h, 7d (default 1h)")
-    token.set_defaults(run=_token)
+    _jobs.add_parsers(commands)
+    _worker.add_parser(commands)
+    _token.add_parser(commands)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `submit [options] -- COMMAND ARG...`: what follows -- is the job's command
+    # line, untouched by option parsing.
+    command_line: list[str] = []
+    if argv[:1] == ["submit"] and "--" in argv:
+        split = argv.index("--")
+        argv, command_line = argv[:split], argv[split + 1 :]
     args = parser.parse_args(argv)
+    args.command_line = command_line
     try:
         return int(args.run(args))
     except CliError as e:
         print(f"airunner-cli: error: {e}", file=sys.stderr)
-        return 1
-
-
-def parse_duration(text: str) -> int:
-    """Seconds in ``90``, ``90s``, ``30m``, ``12h`` or ``7d``."""
-    match = _DURATION.match(text.strip())
-    if not match or int(match.group(1)) == 0:
-        raise CliError(f"duration must look like 90s, 30m, 12h or 7d, got {text!r}")
-    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-
-
-def _token(args: argparse.Namespace) -> int:
-    pem = os.environ.get("JWT_SIGNING_KEY", "")
-    if not pem:
-        raise CliError("JWT_SIGNING_KEY is required: a PEM EC P-256 private key")
-    try:
-        key = load_pem_private_key(pem.strip().encode(), password=None)
-    except (ValueError, TypeError):
-        raise CliError("JWT_SIGNING_KEY is not an unencrypted PEM private key") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-        raise CliError("JWT_SIGNING_KEY must be an EC P-256 private key (for ES256)")
-    if not args.subject.strip():
-        raise CliError("--subject must not be empty")
-    now = int(time.time())
-    claims = {
-        "iss": "airunner",
-        "sub": args.subject,
-        "iat": now,
-        "exp": now + parse_duration(args.ttl),
-    }
-    print(jwt.encode(claims, key, algorithm="ES256"))
-    return 0
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("airunner-cli: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

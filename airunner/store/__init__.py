@@ -10,6 +10,7 @@ from ._contract import (
     EventStream,
     JobPage,
     JobStore,
+    last_sequence_of,
 )
 from ._errors import InvalidArgument, NotFound, ResourceExhausted, StoreError, Unavailable
 from ._memory import DEFAULT_QUEUES, MemoryJobStore
@@ -32,4 +33,5 @@ __all__ = [
     "TaskToken",
     "TaskTokenSigner",
     "Unavailable",
+    "last_sequence_of",
 ]

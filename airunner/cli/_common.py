@@ -1,0 +1,68 @@
+"""What every airunner-cli command shares: client options, errors, output."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+
+from airunner.client import DEFAULT_SERVER, AirunnerClient, ClientConfigError
+
+
+class CliError(Exception):
+    """A failure to report as one line, without a traceback."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def client_options() -> argparse.ArgumentParser:
+    """The options of every command that talks to a server."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("server")
+    group.add_argument(
+        "--server",
+        default=os.environ.get("AIRUNNER_SERVER") or DEFAULT_SERVER,
+        help=f"server URL (env AIRUNNER_SERVER, default {DEFAULT_SERVER})",
+    )
+    group.add_argument(
+        "--token",
+        default=os.environ.get("AIRUNNER_TOKEN") or None,
+        help="bearer token (env AIRUNNER_TOKEN)",
+    )
+    group.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="trust the certificate an https server presents (self-signed certificates)",
+    )
+    return parser
+
+
+def make_client(args: argparse.Namespace) -> AirunnerClient:
+    try:
+        return AirunnerClient(args.server, token=args.token, verify_tls=not args.no_verify)
+    except ClientConfigError as e:
+        raise CliError(str(e)) from None
+
+
+def explain(error: ConnectError, server: str) -> CliError:
+    """A ConnectError as a user reads it."""
+    if error.code == Code.UNAVAILABLE:
+        return CliError(f"cannot reach the server at {server} (is it running?): {error.message}")
+    if error.code == Code.UNAUTHENTICATED:
+        return CliError(
+            f"the server at {server} refused the request: {error.message} "
+            "(pass a token with --token or AIRUNNER_TOKEN)"
+        )
+    if error.code == Code.DEADLINE_EXCEEDED:
+        return CliError(f"the server at {server} did not answer in time")
+    return CliError(f"{error.code.value}: {error.message}")
+
+
+def status(message: str) -> None:
+    """A status line: on stderr, so that stdout carries only the job's output."""
+    print(f"airunner: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,113 @@
+"""airunner-cli worker: run jobs from a queue."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import trio
+
+from airunner.store._rules import MAX_VISIBILITY_TIMEOUT_SECONDS
+from airunner.worker import Worker, WorkerSettings
+
+from ._common import CliError, client_options, make_client
+
+log = logging.getLogger("airunner.worker")
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    worker = commands.add_parser(
+        "worker", parents=[client_options()], help="take jobs from a queue and run them"
+    )
+    worker.add_argument("--queue", default="default")
+    worker.add_argument(
+        "--visibility-timeout",
+        type=int,
+        default=300,
+        metavar="SECONDS",
+        help="how long a job stays ours without a heartbeat (default 300)",
+    )
+    worker.add_argument("--concurrency", type=int, default=1, help="jobs at once (default 1)")
+    worker.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "airunner",
+        help="where job workspaces are made (default: a folder in the temp dir)",
+    )
+    worker.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="after SIGTERM, how long running jobs may take before they are stopped "
+        "(default 0: no limit; a second signal stops them at once)",
+    )
+    worker.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 1 <= args.visibility_timeout <= MAX_VISIBILITY_TIMEOUT_SECONDS:
+        raise CliError(
+            f"--visibility-timeout must be between 1 and {MAX_VISIBILITY_TIMEOUT_SECONDS}"
+        )
+    if args.concurrency < 1:
+        raise CliError("--concurrency must be 1 or more")
+    if args.drain_timeout < 0:
+        raise CliError("--drain-timeout must not be negative")
+    try:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"cannot use --work-dir {args.work_dir}: {e.strerror}") from None
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    settings = WorkerSettings(
+        queue=args.queue,
+        visibility_timeout=args.visibility_timeout,
+        concurrency=args.concurrency,
+        work_dir=args.work_dir,
+    )
+    trio.run(_serve, args, settings)
+    return 0
+
+
+async def _serve(args: argparse.Namespace, settings: WorkerSettings) -> None:
+    async with make_client(args) as client:
+        worker = Worker(client, settings)
+        log.info(
+            "worker polling queue %s on %s (concurrency %d)",
+            settings.queue,
+            client.server,
+            settings.concurrency,
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signals, worker, args.drain_timeout)
+            await worker.run()
+            nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signals(worker: Worker, drain_timeout: float) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if not worker.stop.is_set():
+                log.info("%s: taking no new jobs; running jobs may finish", name)
+                worker.stop.set()
+                if drain_timeout:
+                    trio.lowlevel.spawn_system_task(_kill_after, worker, drain_timeout)
+            else:
+                log.info("%s again: stopping running jobs", name)
+                worker.kill.set()
+
+
+async def _kill_after(worker: Worker, seconds: float) -> None:
+    await trio.sleep(seconds)
+    if not worker.kill.is_set():
+        log.info("drain timeout: stopping running jobs")
+        worker.kill.set()

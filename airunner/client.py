@@ -1,0 +1,228 @@
+"""The Connect client the CLI and the worker use, callable from trio.
+
+connectrpc's async client runs only on asyncio, so every call here runs
+connectrpc's sync client in a worker thread. All protocol work stays in the
+library; this module only moves messages between threads:
+
+- unary calls run in a thread that trio abandons when cancelled (the call ends
+  in the background, bounded by its timeout);
+- a server stream is pumped by its thread into a trio memory channel;
+- a client stream pulls its messages from a trio memory channel.
+
+Cancellation (Ctrl-C, SIGTERM handling, ``trio.move_on_after``) therefore ends
+every call at once on the trio side.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from contextlib import suppress
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import trio
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from pyqwest import SyncClient, SyncHTTPTransport
+
+from airunner.api.job.v1.job_connect import JobEventsServiceClientSync, JobServiceClientSync
+from airunner.api.job.v1.job_pb import (
+    CompleteJobRequest,
+    CompleteJobResponse,
+    DequeueJobRequest,
+    DequeueJobResponse,
+    EnqueueJobRequest,
+    EnqueueJobResponse,
+    ListJobsRequest,
+    ListJobsResponse,
+    PublishJobEventsRequest,
+    PublishJobEventsResponse,
+    StreamJobEventsRequest,
+    StreamJobEventsResponse,
+    UpdateJobRequest,
+    UpdateJobResponse,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_SERVER = "http://127.0.0.1:8080"
+# A unary call that takes longer than this is stuck; the caller retries.
+DEFAULT_TIMEOUT_SECONDS = 30.0
+# Messages a server stream may have waiting for the trio side.
+_STREAM_BUFFER = 16
+
+
+class ClientConfigError(ValueError):
+    """The server address or TLS settings are unusable."""
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """An exception raised in a stream's thread, carried to the trio side."""
+
+    error: BaseException
+
+
+class AirunnerClient:
+    """Both airunner services on one HTTP connection pool.
+
+    Args:
+        server: ``http://`` or ``https://`` URL of the server.
+        token: Bearer token sent with every call, if given.
+        verify_tls: When False, trust whatever certificate an https server
+            presents (for self-signed certificates); the host name must still match.
+    """
+
+    def __init__(self, server: str, *, token: str | None = None, verify_tls: bool = True) -> None:
+        parts = urlsplit(server)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ClientConfigError(f"server must be an http:// or https:// URL, got {server!r}")
+        self.server = server.rstrip("/")
+        if parts.scheme == "https":
+            if verify_tls:
+                transport = SyncHTTPTransport(tls_include_system_certs=True)
+            else:
+                transport = SyncHTTPTransport(tls_ca_cert=_presented_certificate(parts))
+        else:
+            transport = SyncHTTPTransport()
+        self._http = SyncClient(transport)
+        self._jobs = JobServiceClientSync(self.server, http_client=self._http)
+        self._events = JobEventsServiceClientSync(self.server, http_client=self._http)
+        self._headers: Mapping[str, str] = {"authorization": f"Bearer {token}"} if token else {}
+
+    async def __aenter__(self) -> AirunnerClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._jobs.close()
+        self._events.close()
+
+    async def enqueue_job(
+        self, request: EnqueueJobRequest, *, rpc_timeout: float = DEFAULT_TIMEOUT_SECONDS
+    ) -> EnqueueJobResponse:
+        return await self._unary(self._jobs.enqueue_job, request, rpc_timeout)
+
+    async def update_job(
+        self, request: UpdateJobRequest, *, rpc_timeout: float = DEFAULT_TIMEOUT_SECONDS
+    ) -> UpdateJobResponse:
+        return await self._unary(self._jobs.update_job, request, rpc_timeout)
+
+    async def complete_job(
+        self, request: CompleteJobRequest, *, rpc_timeout: float = DEFAULT_TIMEOUT_SECONDS
+    ) -> CompleteJobResponse:
+        return await self._unary(self._jobs.complete_job, request, rpc_timeout)
+
+    async def list_jobs(
+        self, request: ListJobsRequest, *, rpc_timeout: float = DEFAULT_TIMEOUT_SECONDS
+    ) -> ListJobsResponse:
+        return await self._unary(self._jobs.list_jobs, request, rpc_timeout)
+
+    def dequeue_job(
+        self, request: DequeueJobRequest, *, rpc_timeout: float
+    ) -> AsyncGenerator[DequeueJobResponse, None]:
+        """The delivered jobs, as they come, until the server's poll window ends.
+
+        Close the generator when done with it (``contextlib.aclosing``).
+
+        ``rpc_timeout`` bounds the whole call (the server sees it as the call's
+        deadline): make it longer than the poll window.
+        """
+        return self._server_stream(self._jobs.dequeue_job, request, rpc_timeout)
+
+    def stream_job_events(
+        self, request: StreamJobEventsRequest, *, rpc_timeout: float | None = None
+    ) -> AsyncGenerator[StreamJobEventsResponse, None]:
+        """The job's stored events, then its live ones, until its final event."""
+        return self._server_stream(self._events.stream_job_events, request, rpc_timeout)
+
+    async def publish_job_events(
+        self,
+        requests: trio.MemoryReceiveChannel[PublishJobEventsRequest],
+        *,
+        rpc_timeout: float | None = None,
+    ) -> PublishJobEventsResponse:
+        """Send every message from ``requests`` on one stream until it is closed.
+
+        Returns once the server has stored them all and answered.
+        """
+        token = trio.lowlevel.current_trio_token()
+
+        def messages() -> Iterator[PublishJobEventsRequest]:
+            while True:
+                try:
+                    yield trio.from_thread.run(requests.receive, trio_token=token)
+                except (trio.EndOfChannel, trio.ClosedResourceError, trio.RunFinishedError):
+                    return
+
+        return await self._unary(self._events.publish_job_events, messages(), rpc_timeout)
+
+    async def _unary(self, method: Callable[..., T], request: Any, rpc_timeout: float | None) -> T:
+        call = partial(method, request, headers=self._headers, timeout_ms=_millis(rpc_timeout))
+        return await trio.to_thread.run_sync(call, abandon_on_cancel=True)
+
+    async def _server_stream(
+        self, method: Callable[..., Iterator[T]], request: Any, rpc_timeout: float | None
+    ) -> AsyncGenerator[T, None]:
+        send, receive = trio.open_memory_channel[T | _Failure](_STREAM_BUFFER)
+        token = trio.lowlevel.current_trio_token()
+        stop = threading.Event()
+
+        def pump() -> None:
+            try:
+                for message in method(
+                    request, headers=self._headers, timeout_ms=_millis(rpc_timeout)
+                ):
+                    if stop.is_set():
+                        return
+                    trio.from_thread.run(send.send, message, trio_token=token)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.RunFinishedError):
+                return
+            except BaseException as e:  # carried to the trio side
+                if not stop.is_set():
+                    _deliver(partial(send.send, _Failure(e)), token)
+            finally:
+                _deliver(send.aclose, token)
+
+        # A thread of its own rather than a task's: the generator then holds no
+        # nursery or cancel scope across its yields.
+        trio.lowlevel.start_thread_soon(pump, lambda _: None, name="airunner stream")
+        try:
+            async for item in receive:
+                if isinstance(item, _Failure):
+                    raise item.error
+                yield item
+        finally:
+            # The thread stops at its next message, or when the call's timeout
+            # ends it; nobody waits for it.
+            stop.set()
+            receive.close()
+
+
+def _deliver(call: Callable[[], Any], token: trio.lowlevel.TrioToken) -> None:
+    with suppress(trio.BrokenResourceError, trio.ClosedResourceError, trio.RunFinishedError):
+        trio.from_thread.run(call, trio_token=token)
+
+
+def _millis(seconds: float | None) -> int | None:
+    return None if seconds is None else max(1, int(seconds * 1000))
+
+
+def _presented_certificate(parts: Any) -> bytes:
+    """The certificate an https server presents, fetched without verifying it."""
+    port = parts.port or 443
+    try:
+        return ssl.get_server_certificate((parts.hostname, port), timeout=10).encode()
+    except OSError as e:
+        raise ConnectError(
+            Code.UNAVAILABLE, f"cannot fetch the certificate of {parts.hostname}:{port}: {e}"
+        ) from e

@@ -1,0 +1,169 @@
+"""OutputBatcher: groups a process's output into OUTPUT_BATCH events."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import trio
+from protobuf import Oneof
+from protobuf.wkt import Timestamp
+
+from airunner.api.job.v1.job_pb import (
+    EventType,
+    ExecutionConfig,
+    JobEvent,
+    OutputBatchEvent,
+    OutputItem,
+)
+
+from ._process import OutputChunk
+
+# Bounds of one batch whatever a job's ExecutionConfig says: an event must fit
+# the server's limit with room for its framing.
+MAX_BATCH_BYTES = 256 * 1024
+MAX_ITEM_BYTES = 200 * 1024
+DEFAULT_MAX_BATCH_SIZE = 1000
+# Output that trickles in reaches a watcher within about this long.
+DEFAULT_FLUSH_INTERVAL_SECONDS = 0.1
+
+
+class Sequencer:
+    """Hands out the sequences of one execution: 1, 2, 3, ..."""
+
+    def __init__(self) -> None:
+        self._next = 1
+
+    def take(self, count: int = 1) -> int:
+        """Reserve ``count`` sequences; return the first."""
+        first = self._next
+        self._next += count
+        return first
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_items: int
+    max_bytes: int
+    max_item_bytes: int
+    flush_interval: float
+    playback_interval_millis: int
+
+    @classmethod
+    def from_config(cls, config: ExecutionConfig | None) -> BatchLimits:
+        batching = config.batching if config is not None else None
+        max_items = batching.max_batch_size if batching and batching.max_batch_size > 0 else 0
+        max_bytes = batching.max_batch_bytes if batching and batching.max_batch_bytes > 0 else 0
+        interval_ms = config.output_flush_interval_millis if config is not None else 0
+        if interval_ms <= 0 and batching and batching.flush_interval_seconds > 0:
+            interval_ms = batching.flush_interval_seconds * 1000
+        limit_bytes = min(max_bytes or MAX_BATCH_BYTES, MAX_BATCH_BYTES)
+        return cls(
+            max_items=max_items or DEFAULT_MAX_BATCH_SIZE,
+            max_bytes=limit_bytes,
+            max_item_bytes=min(MAX_ITEM_BYTES, limit_bytes),
+            flush_interval=interval_ms / 1000
+            if interval_ms > 0
+            else DEFAULT_FLUSH_INTERVAL_SECONDS,
+            playback_interval_millis=batching.playback_interval_millis if batching else 0,
+        )
+
+
+class OutputBatcher:
+    """Reads output chunks and emits OUTPUT_BATCH events.
+
+    A batch is emitted when it holds ``max_items`` items, when the next item
+    would take it past ``max_bytes``, or ``flush_interval`` after its first item
+    arrived, whichever comes first; and when the output ends. Chunks larger than
+    ``max_item_bytes`` are split. Every item takes one sequence; the event's own
+    sequence is its first item's.
+    """
+
+    def __init__(
+        self,
+        limits: BatchLimits,
+        sequences: Sequencer,
+        emit: Callable[[JobEvent], Awaitable[None]],
+    ) -> None:
+        self._limits = limits
+        self._sequences = sequences
+        self._emit = emit
+        self._items: list[OutputChunk] = []
+        self._bytes = 0
+
+    async def run(self, chunks: trio.MemoryReceiveChannel[OutputChunk]) -> None:
+        """Batch until ``chunks`` ends, then emit what is left."""
+        deadline = math.inf
+        async with chunks:
+            while True:
+                chunk = None
+                # Only the wait is bounded by the flush deadline: an emit that
+                # is slow must never be cut short.
+                with trio.move_on_at(deadline):
+                    try:
+                        chunk = await chunks.receive()
+                    except trio.EndOfChannel:
+                        break
+                if chunk is None:
+                    await self._flush()
+                    deadline = math.inf
+                    continue
+                for piece in self._split(chunk):
+                    if self._items and (
+                        self._bytes + len(piece.data) > self._limits.max_bytes
+                        or len(self._items) >= self._limits.max_items
+                    ):
+                        await self._flush()
+                    if not self._items:
+                        deadline = trio.current_time() + self._limits.flush_interval
+                    self._items.append(piece)
+                    self._bytes += len(piece.data)
+                if len(self._items) >= self._limits.max_items:
+                    await self._flush()
+                    deadline = math.inf
+        await self._flush()
+
+    def _split(self, chunk: OutputChunk) -> list[OutputChunk]:
+        size = self._limits.max_item_bytes
+        if len(chunk.data) <= size:
+            return [chunk]
+        return [
+            OutputChunk(chunk.data[i : i + size], chunk.stream, chunk.at_ns)
+            for i in range(0, len(chunk.data), size)
+        ]
+
+    async def _flush(self) -> None:
+        if not self._items:
+            return
+        items, self._items, self._bytes = self._items, [], 0
+        first = self._sequences.take(len(items))
+        outputs = []
+        previous_ms = items[0].at_ns // 1_000_000
+        for item in items:
+            at_ms = item.at_ns // 1_000_000
+            outputs.append(
+                OutputItem(
+                    output=item.data,
+                    stream_type=item.stream,
+                    timestamp_delta_ms=max(0, at_ms - previous_ms),
+                )
+            )
+            previous_ms = at_ms
+        event = JobEvent(
+            sequence=first,
+            timestamp=Timestamp.from_nanos(items[0].at_ns),
+            event_type=EventType.OUTPUT_BATCH,
+            event_data=Oneof[Literal["output_batch"], OutputBatchEvent](
+                field="output_batch",
+                value=OutputBatchEvent(
+                    outputs=outputs,
+                    start_sequence=first,
+                    end_sequence=first + len(items) - 1,
+                    first_timestamp_ms=items[0].at_ns // 1_000_000,
+                    playback_interval_millis=self._limits.playback_interval_millis,
+                ),
+            ),
+        )
+        await self._emit(event)

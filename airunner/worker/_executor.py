@@ -1,0 +1,327 @@
+"""JobExecutor: one delivery of a job, from checkout to CompleteJob."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+import trio
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from protobuf import Oneof
+from protobuf.wkt import Duration, Timestamp
+
+from airunner.api.job.v1.job_pb import (
+    CompleteJobRequest,
+    DequeueJobResponse,
+    EventType,
+    Job,
+    JobEvent,
+    JobParams,
+    JobResult,
+    ProcessEndEvent,
+    ProcessErrorEvent,
+    ProcessStartEvent,
+    ProcessType,
+    UpdateJobRequest,
+)
+from airunner.client import AirunnerClient
+
+from ._batcher import BatchLimits, OutputBatcher, Sequencer
+from ._checkout import CheckoutError, checkout
+from ._process import OutputChunk, ProcessOutcome, SpawnError, run_command
+from ._publisher import EventPublisher, PublishFailed
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HEARTBEAT_SECONDS = 30
+# Output chunks read from the process but not yet batched.
+CHUNK_BUFFER = 16
+# CompleteJob is retried this many times on transient errors.
+COMPLETE_ATTEMPTS = 6
+# The exit code recorded when the command did not run to its end.
+NO_EXIT_CODE = -1
+# Variables a job inherits from the worker; everything else it names itself.
+# The worker's own secrets (AIRUNNER_TOKEN, JWT keys, AWS credentials) stay out.
+INHERITED_VARIABLES = ("PATH", "HOME", "LANG", "LC_ALL", "USER", "LOGNAME", "TMPDIR", "TZ")
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    queue: str
+    visibility_timeout: int
+    work_dir: Path
+    kill_grace: float
+
+
+class JobLost(Exception):
+    """The server no longer counts this worker's delivery as current."""
+
+
+class JobExecutor:
+    """Runs one delivered job and reports it.
+
+    Heartbeats (UpdateJob) run beside it. If the server refuses one, the job
+    was lost to visibility expiry: the process is stopped and nothing is
+    completed. ``kill`` stops the job early and fails it.
+    """
+
+    def __init__(
+        self,
+        client: AirunnerClient,
+        delivery: DequeueJobResponse,
+        settings: ExecutorSettings,
+        *,
+        kill: trio.Event,
+    ) -> None:
+        assert delivery.job is not None
+        self._client = client
+        self._job: Job = delivery.job
+        self._token = delivery.task_token
+        self._settings = settings
+        self._kill = kill
+        self._params = self._job.job_params or JobParams()
+
+    @property
+    def job_id(self) -> str:
+        return self._job.job_id
+
+    async def run(self) -> None:
+        """Run the job to its end. Never raises for the job's own failures."""
+        started_at = time.time_ns()
+        log.info("job %s: starting %s", self.job_id, self._params.command)
+        workspace = Path(
+            await trio.to_thread.run_sync(
+                lambda: tempfile.mkdtemp(prefix=f"{self.job_id}-", dir=self._settings.work_dir)
+            )
+        )
+        try:
+            result = await self._run_reporting(workspace, started_at)
+        except JobLost as e:
+            log.warning("job %s: lost (%s); not completing it", self.job_id, e)
+            return
+        finally:
+            await trio.to_thread.run_sync(lambda: shutil.rmtree(workspace, ignore_errors=True))
+        await self._complete(result)
+
+    async def _run_reporting(self, workspace: Path, started_at: int) -> JobResult:
+        publisher = EventPublisher(self._client, self._token)
+        lost: list[str] = []
+        try:
+            async with trio.open_nursery() as heartbeat:
+                heartbeat.start_soon(self._heartbeat, heartbeat.cancel_scope, lost)
+                async with trio.open_nursery() as work:
+                    await work.start(publisher.run)
+                    try:
+                        result = await self._execute(workspace, publisher, started_at)
+                    finally:
+                        publisher.end()
+                heartbeat.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            failed, rest = group.split(PublishFailed)
+            if rest is not None or failed is None:
+                raise
+            if lost:
+                raise JobLost(lost[0]) from None
+            failure = failed.exceptions[0]
+            while isinstance(failure, BaseExceptionGroup):
+                failure = failure.exceptions[0]
+            log.error("job %s: %s", self.job_id, failure)
+            return self._result(
+                started_at, NO_EXIT_CODE, f"could not publish its events: {failure}"
+            )
+        if lost:
+            raise JobLost(lost[0])
+        if publisher.lost_events:
+            note = f"{publisher.lost_events} output events could not be published"
+            log.warning("job %s: %s", self.job_id, note)
+            result.error_message = "; ".join(m for m in (result.error_message, note) if m)
+        return result
+
+    async def _execute(
+        self, workspace: Path, publisher: EventPublisher, started_at: int
+    ) -> JobResult:
+        sequences = Sequencer()
+        try:
+            cwd = await checkout(self._params, workspace / "checkout")
+        except CheckoutError as e:
+            return await self._fail(publisher, sequences, started_at, f"checkout failed: {e}")
+        start_sequence = sequences.take()
+
+        async def on_start(pid: int, at_ns: int) -> None:
+            await publisher.publish(_start_event(start_sequence, pid, at_ns))
+
+        chunks_send, chunks_receive = trio.open_memory_channel[OutputChunk](CHUNK_BUFFER)
+        batcher = OutputBatcher(
+            BatchLimits.from_config(self._job.execution_config), sequences, publisher.publish
+        )
+        outcome: ProcessOutcome | None = None
+        spawn_error = ""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(batcher.run, chunks_receive)
+            async with trio.open_nursery() as guard:
+                guard.start_soon(self._cancel_on_kill, guard.cancel_scope)
+                try:
+                    outcome = await run_command(
+                        [self._params.command, *self._params.args],
+                        cwd=cwd,
+                        env=self._environment(),
+                        pty=self._params.process_type == ProcessType.PTY,
+                        time_limit=self._params.timeout_seconds or None,
+                        output=chunks_send,
+                        on_start=on_start,
+                        kill_grace=self._settings.kill_grace,
+                    )
+                except SpawnError as e:
+                    spawn_error = str(e)
+                guard.cancel_scope.cancel()
+        # The output channel is closed on every path, so the batcher has sent
+        # the last output before the final event below.
+        if spawn_error:
+            return await self._fail(publisher, sequences, started_at, spawn_error)
+        if outcome is None:
+            return await self._fail(
+                publisher, sequences, started_at, "the worker stopped before the job finished"
+            )
+        if outcome.timed_out:
+            message = (
+                f"timed out after {self._params.timeout_seconds} s; its process group was stopped"
+            )
+            return await self._fail(
+                publisher, sequences, started_at, message, exit_code=outcome.exit_code
+            )
+        await publisher.publish(_end_event(sequences.take(), outcome))
+        return self._result(started_at, outcome.exit_code, "")
+
+    async def _cancel_on_kill(self, scope: trio.CancelScope) -> None:
+        await self._kill.wait()
+        log.warning("job %s: stopping it, the worker is stopping", self.job_id)
+        scope.cancel()
+
+    async def _fail(
+        self,
+        publisher: EventPublisher,
+        sequences: Sequencer,
+        started_at: int,
+        message: str,
+        *,
+        exit_code: int = NO_EXIT_CODE,
+    ) -> JobResult:
+        log.info("job %s: %s", self.job_id, message)
+        await publisher.publish(_error_event(sequences.take(), message))
+        return self._result(started_at, exit_code, message)
+
+    def _result(self, started_at: int, exit_code: int, error: str) -> JobResult:
+        return JobResult(
+            job_id=self.job_id,
+            success=exit_code == 0 and not error,
+            exit_code=exit_code,
+            error_message=error,
+            started_at=Timestamp.from_nanos(started_at),
+            completed_at=Timestamp.from_nanos(time.time_ns()),
+        )
+
+    def _environment(self) -> dict[str, str]:
+        env = {name: os.environ[name] for name in INHERITED_VARIABLES if name in os.environ}
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        if self._params.process_type == ProcessType.PTY:
+            env["TERM"] = "xterm-256color"
+        env["AIRUNNER_JOB_ID"] = self.job_id
+        env.update(self._params.environment)
+        return env
+
+    async def _heartbeat(self, scope: trio.CancelScope, lost: list[str]) -> None:
+        """Extend the delivery's visibility well before it runs out."""
+        config = self._job.execution_config
+        interval = float(
+            config.heartbeat_interval_seconds
+            if config is not None and config.heartbeat_interval_seconds > 0
+            else DEFAULT_HEARTBEAT_SECONDS
+        )
+        # At least two beats may fail before the delivery expires.
+        interval = min(interval, self._settings.visibility_timeout / 3)
+        request = UpdateJobRequest(
+            queue=self._settings.queue,
+            task_token=self._token,
+            visibility_timeout_seconds=self._settings.visibility_timeout,
+        )
+        while True:
+            await trio.sleep(interval)
+            try:
+                await self._client.update_job(request, rpc_timeout=interval)
+            except ConnectError as e:
+                if e.code == Code.INVALID_ARGUMENT:
+                    lost.append(e.message)
+                    scope.cancel()
+                    return
+                log.warning("job %s: heartbeat failed: %s", self.job_id, e.message)
+
+    async def _complete(self, result: JobResult) -> None:
+        backoff = 0.5
+        for attempt in range(1, COMPLETE_ATTEMPTS + 1):
+            try:
+                await self._client.complete_job(
+                    CompleteJobRequest(task_token=self._token, job_result=result)
+                )
+            except ConnectError as e:
+                if e.code in (Code.INVALID_ARGUMENT, Code.UNAUTHENTICATED) or (
+                    attempt == COMPLETE_ATTEMPTS
+                ):
+                    log.error("job %s: could not complete it: %s", self.job_id, e.message)
+                    return
+                await trio.sleep(backoff)
+                backoff *= 2
+                continue
+            log.info(
+                "job %s: %s (exit code %d)",
+                self.job_id,
+                "succeeded" if result.success else "failed",
+                result.exit_code,
+            )
+            return
+
+
+def _start_event(sequence: int, pid: int, at_ns: int) -> JobEvent:
+    return JobEvent(
+        sequence=sequence,
+        timestamp=Timestamp.from_nanos(at_ns),
+        event_type=EventType.PROCESS_START,
+        event_data=Oneof[Literal["process_start"], ProcessStartEvent](
+            field="process_start",
+            value=ProcessStartEvent(pid=pid, started_at=Timestamp.from_nanos(at_ns)),
+        ),
+    )
+
+
+def _end_event(sequence: int, outcome: ProcessOutcome) -> JobEvent:
+    return JobEvent(
+        sequence=sequence,
+        timestamp=Timestamp.from_nanos(time.time_ns()),
+        event_type=EventType.PROCESS_END,
+        event_data=Oneof[Literal["process_end"], ProcessEndEvent](
+            field="process_end",
+            value=ProcessEndEvent(
+                pid=outcome.pid,
+                exit_code=outcome.exit_code,
+                run_duration=Duration.from_timedelta(timedelta(seconds=outcome.duration_seconds)),
+            ),
+        ),
+    )
+
+
+def _error_event(sequence: int, message: str) -> JobEvent:
+    return JobEvent(
+        sequence=sequence,
+        timestamp=Timestamp.from_nanos(time.time_ns()),
+        event_type=EventType.PROCESS_ERROR,
+        event_data=Oneof[Literal["process_error"], ProcessErrorEvent](
+            field="process_error", value=ProcessErrorEvent(error_message=message)
+        ),
+    )

@@ -1,0 +1,210 @@
+"""Running a job's command in a pipe or a pseudo-terminal, in its own process group."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import signal
+import struct
+import subprocess
+import termios
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from airunner.api.job.v1.job_pb import StreamType
+
+# Bytes read from the process per receive: large enough for heavy output,
+# and far below the 200 KiB limit of one output item.
+READ_CHUNK_BYTES = 64 * 1024
+# Time a process group gets between SIGTERM and SIGKILL.
+KILL_GRACE_SECONDS = 10.0
+# How long output may keep flowing after the command exited (from children it
+# left behind) before they are stopped.
+LINGER_SECONDS = 2.0
+# The terminal a PTY job sees: the classic size, in rows and columns.
+PTY_ROWS, PTY_COLUMNS = 24, 80
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    data: bytes
+    stream: StreamType
+    # Unix nanoseconds when it was read.
+    at_ns: int
+
+
+@dataclass(frozen=True)
+class ProcessOutcome:
+    pid: int
+    # The exit status, or 128 + the signal number when a signal ended it.
+    exit_code: int
+    timed_out: bool
+    started_at_ns: int
+    duration_seconds: float
+
+
+class SpawnError(Exception):
+    """The command could not be started; the message says why."""
+
+
+async def run_command(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    pty: bool,
+    time_limit: float | None,
+    output: trio.MemorySendChannel[OutputChunk],
+    on_start: Callable[[int, int], Awaitable[None]],
+    kill_grace: float = KILL_GRACE_SECONDS,
+) -> ProcessOutcome:
+    """Run ``argv`` to its end, sending its output to ``output`` (closed on return).
+
+    The command runs in a new session, so that ``time_limit`` or a cancellation ends
+    its whole process group: SIGTERM, then SIGKILL after ``kill_grace``.
+    ``on_start(pid, started_at_ns)`` runs once the process exists.
+
+    Raises:
+        SpawnError: the command does not exist or cannot be executed.
+
+    Cancellation:
+        Stops the process group (shielded), then re-raises.
+    """
+    async with output:
+        process, readers = await _spawn(argv, cwd, env, pty)
+        started_at_ns = time.time_ns()
+        started = time.monotonic()
+        timed_out = False
+        readers_done = trio.Event()
+
+        async def read_all() -> None:
+            async with trio.open_nursery() as pumps:
+                for stream, kind in readers:
+                    pumps.start_soon(_pump, stream, kind, output.clone())
+            readers_done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            try:
+                await on_start(process.pid, started_at_ns)
+                with trio.move_on_after(time_limit or float("inf")) as timer:
+                    await process.wait()
+                if timer.cancelled_caught:
+                    timed_out = True
+                    await _stop_group(process, kill_grace)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await _stop_group(process, kill_grace)
+                raise
+            # Children left behind keep the output open: give them a moment,
+            # then end them too.
+            with trio.move_on_after(LINGER_SECONDS) as linger:
+                await readers_done.wait()
+            if linger.cancelled_caught:
+                _signal_group(process.pid, signal.SIGKILL)
+                nursery.cancel_scope.cancel()
+        duration = time.monotonic() - started
+    code = process.returncode if process.returncode is not None else -signal.SIGKILL
+    return ProcessOutcome(
+        pid=process.pid,
+        exit_code=128 - code if code < 0 else code,
+        timed_out=timed_out,
+        started_at_ns=started_at_ns,
+        duration_seconds=duration,
+    )
+
+
+async def _spawn(
+    argv: Sequence[str], cwd: Path, env: Mapping[str, str], pty: bool
+) -> tuple[trio.Process, list[tuple[trio.abc.ReceiveStream, StreamType]]]:
+    try:
+        if not pty:
+            process = await trio.lowlevel.open_process(
+                list(argv),
+                cwd=cwd,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+            assert process.stdout is not None
+            assert process.stderr is not None
+            return process, [
+                (process.stdout, StreamType.STDOUT),
+                (process.stderr, StreamType.STDERR),
+            ]
+        parent, child = os.openpty()
+        try:
+            fcntl.ioctl(
+                child, termios.TIOCSWINSZ, struct.pack("HHHH", PTY_ROWS, PTY_COLUMNS, 0, 0)
+            )
+            process = await trio.lowlevel.open_process(
+                list(argv),
+                cwd=cwd,
+                env=dict(env),
+                stdin=child,
+                stdout=child,
+                stderr=child,
+                start_new_session=True,
+                preexec_fn=_take_terminal,
+            )
+        except BaseException:
+            os.close(parent)
+            raise
+        finally:
+            os.close(child)
+        return process, [(trio.lowlevel.FdStream(parent), StreamType.STDOUT)]
+    except FileNotFoundError:
+        raise SpawnError(f"command not found: {argv[0]}") from None
+    except PermissionError:
+        raise SpawnError(f"command is not executable: {argv[0]}") from None
+    except OSError as e:
+        raise SpawnError(f"cannot start {argv[0]}: {e.strerror or e}") from None
+
+
+def _take_terminal() -> None:
+    # Runs in the child after setsid(): the terminal on stdin becomes its
+    # controlling terminal, as in a login shell.
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+async def _pump(
+    stream: trio.abc.ReceiveStream,
+    kind: StreamType,
+    output: trio.MemorySendChannel[OutputChunk],
+) -> None:
+    async with output, stream:
+        while True:
+            try:
+                data = await stream.receive_some(READ_CHUNK_BYTES)
+            except OSError as e:
+                # A terminal whose last writer closed answers EIO: its end of file.
+                if e.errno == errno.EIO:
+                    return
+                raise
+            except trio.BrokenResourceError:
+                return
+            if not data:
+                return
+            await output.send(OutputChunk(bytes(data), kind, time.time_ns()))
+
+
+async def _stop_group(process: trio.Process, grace: float) -> None:
+    _signal_group(process.pid, signal.SIGTERM)
+    with trio.move_on_after(grace):
+        await process.wait()
+        return
+    _signal_group(process.pid, signal.SIGKILL)
+    await process.wait()
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)

@@ -1,0 +1,151 @@
+"""EventPublisher: one execution's events, on a PublishJobEvents stream, until stored."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+
+from airunner.api.job.v1.job_pb import EventType, JobEvent, PublishJobEventsRequest
+from airunner.client import AirunnerClient
+
+log = logging.getLogger(__name__)
+
+# Events a producer may have waiting before it blocks (and with it the process).
+INPUT_BUFFER = 64
+# Events kept for re-sending on a new stream if this one fails. The server only
+# says it stored the events when the stream ends, so everything sent since is
+# kept, up to this many bytes; output past it is sent once and lost if the
+# stream then fails (start and end events are always kept).
+RETAIN_BYTES = 64 * 1024 * 1024
+# One request message carries the events waiting at the moment, up to this size.
+MESSAGE_BYTES = 1024 * 1024
+# A stream that fails this many times in a row gives up.
+MAX_ATTEMPTS = 8
+BACKOFF_INITIAL_SECONDS = 0.5
+BACKOFF_MAX_SECONDS = 8.0
+# Errors no retry can fix: the delivery is gone or we may not publish.
+FATAL_CODES = frozenset(
+    {Code.INVALID_ARGUMENT, Code.UNAUTHENTICATED, Code.PERMISSION_DENIED, Code.NOT_FOUND}
+)
+CRITICAL_TYPES = frozenset(
+    {EventType.PROCESS_START, EventType.PROCESS_END, EventType.PROCESS_ERROR}
+)
+
+
+class PublishFailed(Exception):
+    """The events could not all be stored; the message says why."""
+
+
+class EventPublisher:
+    """Streams events to the server and re-sends them on a new stream after a failure.
+
+    Producers call ``publish``; ``end`` says no more will come. ``run`` returns
+    once the server acknowledged every event (the stream's response), or raises
+    PublishFailed when it cannot: a fatal error, or ``MAX_ATTEMPTS`` failures in a row.
+    Output events not retained for re-sending and then lost are counted in
+    ``lost_events``; the server drops the duplicates a re-send makes.
+    """
+
+    def __init__(self, client: AirunnerClient, task_token: str) -> None:
+        self._client = client
+        self._token = task_token
+        self._send, self._receive = trio.open_memory_channel[JobEvent](INPUT_BUFFER)
+        self._retained: list[JobEvent] = []
+        self._retained_bytes = 0
+        self._unretained_in_flight = 0
+        self.lost_events = 0
+
+    async def publish(self, event: JobEvent) -> None:
+        await self._send.send(event)
+
+    def end(self) -> None:
+        self._send.close()
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        failures = 0
+        backoff = BACKOFF_INITIAL_SECONDS
+        async with self._receive:
+            while True:
+                try:
+                    await self._stream_once()
+                except ConnectError as e:
+                    self.lost_events += self._unretained_in_flight
+                    self._unretained_in_flight = 0
+                    failures += 1
+                    if e.code in FATAL_CODES:
+                        raise PublishFailed(f"the server refused the events: {e.message}") from e
+                    if failures >= MAX_ATTEMPTS:
+                        raise PublishFailed(
+                            f"could not publish events after {failures} attempts: {e.message}"
+                        ) from e
+                    log.warning("event stream failed (%s); retrying in %.1f s", e.message, backoff)
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
+                    continue
+                self._retained.clear()
+                self._retained_bytes = 0
+                self._unretained_in_flight = 0
+                return
+
+    async def _stream_once(self) -> None:
+        send, receive = trio.open_memory_channel[PublishJobEventsRequest](1)
+        failures: list[ConnectError] = []
+
+        async def call() -> None:
+            try:
+                await self._client.publish_job_events(receive)
+            except ConnectError as e:
+                failures.append(e)
+                nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            async with send:
+                token = self._token
+                for message in _messages(self._retained):
+                    await send.send(PublishJobEventsRequest(task_token=token, events=message))
+                    token = ""
+                async for event in self._receive:
+                    events = [event]
+                    size = len(event.to_binary())
+                    while size < MESSAGE_BYTES:
+                        try:
+                            more = self._receive.receive_nowait()
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                        events.append(more)
+                        size += len(more.to_binary())
+                    for item in events:
+                        self._retain(item)
+                    await send.send(PublishJobEventsRequest(task_token=token, events=events))
+                    token = ""
+                if token:
+                    # Nothing was sent on this stream: there is nothing to store.
+                    nursery.cancel_scope.cancel()
+        if failures:
+            raise failures[0]
+
+    def _retain(self, event: JobEvent) -> None:
+        size = len(event.to_binary())
+        if event.event_type in CRITICAL_TYPES or self._retained_bytes + size <= RETAIN_BYTES:
+            self._retained.append(event)
+            self._retained_bytes += size
+        else:
+            self._unretained_in_flight += 1
+
+
+def _messages(events: list[JobEvent]) -> list[list[JobEvent]]:
+    messages: list[list[JobEvent]] = []
+    size = MESSAGE_BYTES
+    for event in events:
+        if size >= MESSAGE_BYTES:
+            messages.append([])
+            size = 0
+        messages[-1].append(event)
+        size += len(event.to_binary())
+    return messages

@@ -1,0 +1,175 @@
+"""Worker: long-polls for jobs and runs up to ``concurrency`` of them at once."""
+
+from __future__ import annotations
+
+import logging
+import random
+from contextlib import aclosing
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+
+from airunner.api.job.v1.job_pb import DequeueJobRequest, DequeueJobResponse, UpdateJobRequest
+from airunner.client import AirunnerClient
+
+from ._executor import ExecutorSettings, JobExecutor
+from ._process import KILL_GRACE_SECONDS
+
+log = logging.getLogger(__name__)
+
+# Longer than the server's 20 s poll window, so that the server ends a poll.
+POLL_RPC_TIMEOUT_SECONDS = 30.0
+# A poll that comes back empty sooner than this did not wait: the server is
+# not long-polling, so wait before the next one.
+QUICK_POLL_SECONDS = 1.0
+BACKOFF_INITIAL_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 30.0
+# One DequeueJob asks for at most this many jobs (the server's limit).
+MAX_JOBS_PER_POLL = 10
+# A job that arrives after the worker began to stop goes back to the queue this
+# soon (the API has no release call; a short visibility is one).
+HAND_BACK_VISIBILITY_SECONDS = 1
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    queue: str = "default"
+    visibility_timeout: int = 300
+    concurrency: int = 1
+    work_dir: Path = Path("/tmp")
+    kill_grace: float = KILL_GRACE_SECONDS
+
+
+class Worker:
+    """Polls for jobs while it has free slots and runs each with a JobExecutor.
+
+    ``stop`` (first SIGTERM): take no new job, let running ones finish, return.
+    ``kill`` (second signal or a deadline): stop running jobs now and fail them.
+    """
+
+    def __init__(self, client: AirunnerClient, settings: WorkerSettings) -> None:
+        self._client = client
+        self._settings = settings
+        self._running = 0
+        self._slot_freed = trio.Event()
+        self.stop = trio.Event()
+        self.kill = trio.Event()
+
+    async def run(self) -> None:
+        executor_settings = ExecutorSettings(
+            queue=self._settings.queue,
+            visibility_timeout=self._settings.visibility_timeout,
+            work_dir=self._settings.work_dir,
+            kill_grace=self._settings.kill_grace,
+        )
+        backoff = BACKOFF_INITIAL_SECONDS
+        async with trio.open_nursery() as jobs:
+            while not self.stop.is_set():
+                free = self._settings.concurrency - self._running
+                if free <= 0:
+                    await self._wait_for(self._slot_freed)
+                    continue
+                began = trio.current_time()
+                try:
+                    received = await self._poll(
+                        min(free, MAX_JOBS_PER_POLL), jobs, executor_settings
+                    )
+                except ConnectError as e:
+                    log.warning("polling failed: %s; retrying in %.0f s", e.message, backoff)
+                    await self._pause(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
+                    continue
+                backoff = BACKOFF_INITIAL_SECONDS
+                if not received and trio.current_time() - began < QUICK_POLL_SECONDS:
+                    await self._pause(QUICK_POLL_SECONDS)
+            if self._running:
+                log.info("stopping: waiting for %d running job(s) to finish", self._running)
+        log.info("worker stopped")
+
+    async def _poll(
+        self, wanted: int, jobs: trio.Nursery, executor_settings: ExecutorSettings
+    ) -> int:
+        """One DequeueJob; starts each delivered job. Returns how many came."""
+        request = DequeueJobRequest(
+            queue=self._settings.queue,
+            max_jobs=wanted,
+            visibility_timeout_seconds=self._settings.visibility_timeout,
+        )
+        received = 0
+        failure: ConnectError | None = None
+        with trio.CancelScope() as poll:
+            async with trio.open_nursery() as watch:
+                # Stopping ends an idle worker's poll at once. A worker still
+                # running jobs keeps its poll to the end instead, so that a job
+                # delivered meanwhile is handed back rather than left invisible.
+                watch.start_soon(self._end_poll_on_stop, poll)
+                deliveries = self._client.dequeue_job(
+                    request, rpc_timeout=POLL_RPC_TIMEOUT_SECONDS
+                )
+                try:
+                    async with aclosing(deliveries):
+                        async for delivery in deliveries:
+                            received += 1
+                            if self.stop.is_set():
+                                await self._hand_back(delivery)
+                                continue
+                            jobs.start_soon(self._run_job, delivery, executor_settings)
+                except ConnectError as e:
+                    if e.code != Code.DEADLINE_EXCEEDED:
+                        failure = e
+                watch.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        return received
+
+    async def _end_poll_on_stop(self, poll: trio.CancelScope) -> None:
+        await self.stop.wait()
+        while self._running:
+            await self._slot_freed.wait()
+        poll.cancel()
+
+    async def _hand_back(self, delivery: DequeueJobResponse) -> None:
+        job_id = delivery.job.job_id if delivery.job else "?"
+        log.info("job %s arrived while stopping; handing it back", job_id)
+        try:
+            await self._client.update_job(
+                UpdateJobRequest(
+                    queue=self._settings.queue,
+                    task_token=delivery.task_token,
+                    visibility_timeout_seconds=HAND_BACK_VISIBILITY_SECONDS,
+                )
+            )
+        except ConnectError as e:
+            log.warning("could not hand back job %s: %s", job_id, e.message)
+
+    async def _run_job(self, delivery: DequeueJobResponse, settings: ExecutorSettings) -> None:
+        self._running += 1
+        try:
+            await JobExecutor(self._client, delivery, settings, kill=self.kill).run()
+        except Exception:
+            job_id = delivery.job.job_id if delivery.job else "?"
+            log.exception("job %s: the executor crashed", job_id)
+        finally:
+            self._running -= 1
+            self._slot_freed.set()
+            self._slot_freed = trio.Event()
+
+    async def _wait_for(self, event: trio.Event) -> None:
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_set_then_cancel, self.stop, scope)
+                await event.wait()
+                scope.cancel()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep about ``seconds`` (with jitter), or until stopping."""
+        with trio.move_on_after(seconds * random.uniform(0.8, 1.2)):
+            await self.stop.wait()
+
+
+async def _set_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
