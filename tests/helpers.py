@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -100,3 +101,12 @@ def tool(name: str) -> str:
 def tool_env() -> dict[str, str]:
     """The environment for tools that look up plugins on PATH."""
     return os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+# Variables of the developer's shell that would change what a command does.
+_OURS = re.compile(r"^(AIRUNNER_|JWT_|AWS_|OTEL_)")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for running airunner's commands in tests."""
+    return {k: v for k, v in os.environ.items() if not _OURS.match(k)} | extra

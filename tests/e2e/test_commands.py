@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
@@ -17,16 +16,9 @@ import trio
 
 from airunner.api.job.v1.job_pb import ListJobsRequest
 from airunner.http import BearerAuth, load_public_key
-from tests.helpers import tool
+from tests.helpers import clean_env, tool
 
 from .conftest import Clients, KeyPair, run_server
-
-# Variables of the developer's shell that would change what the server does.
-_OURS = re.compile(r"^(AIRUNNER_|JWT_|AWS_|OTEL_)")
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not _OURS.match(k)} | extra
 
 
 def run_command(args: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,372 @@
+"""Real jobs end to end: a server, worker processes, the CLI, git repositories in a temp dir."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+
+from airunner.api.job.v1.job_pb import EventType, JobState
+from airunner.store import EventQuery, JobStore
+from tests.helpers import clean_env, eventually, tool
+
+from .conftest import RunningServer, run_server
+
+
+@dataclass
+class Repo:
+    path: Path
+    first: str
+    feature: str
+    main: str
+
+
+def _git(cwd: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-c", "user.email=tests@example.com", "-c", "user.name=tests", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
+    """main: one -> three; feature (from one): two."""
+    path = tmp_path_factory.mktemp("repo")
+    _git(path, "init", "--quiet", "--initial-branch=main")
+    (path / "version").write_text("one\n")
+    (path / "sub").mkdir()
+    (path / "sub" / "where").write_text("in sub\n")
+    _git(path, "add", ".")
+    _git(path, "commit", "--quiet", "-m", "one")
+    first = _git(path, "rev-parse", "HEAD")
+    _git(path, "checkout", "--quiet", "-b", "feature")
+    (path / "version").write_text("two\n")
+    _git(path, "commit", "--quiet", "-am", "two")
+    feature = _git(path, "rev-parse", "HEAD")
+    _git(path, "checkout", "--quiet", "main")
+    (path / "version").write_text("three\n")
+    _git(path, "commit", "--quiet", "-am", "three")
+    return Repo(path, first, feature, _git(path, "rev-parse", "HEAD"))
+
+
+@dataclass
+class Cli:
+    server: RunningServer
+    work_dir: Path
+
+    async def run(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        return await trio.run_process(
+            [tool("airunner-cli"), *args, "--server", self.server.url]
+            if "--" not in args
+            else [tool("airunner-cli"), *_server_before_dashes(args, self.server.url)],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=env or clean_env(),
+        )
+
+    @asynccontextmanager
+    async def worker(self, *args: str) -> AsyncIterator[trio.Process]:
+        process = await trio.lowlevel.open_process(
+            [
+                tool("airunner-cli"),
+                "worker",
+                "--server",
+                self.server.url,
+                "--work-dir",
+                str(self.work_dir),
+                *args,
+            ],
+            env=clean_env(),
+        )
+        try:
+            yield process
+        finally:
+            if process.returncode is None:
+                process.send_signal(signal.SIGKILL)
+            await process.wait()
+
+
+def _server_before_dashes(args: tuple[str, ...], url: str) -> list[str]:
+    split = args.index("--")
+    return [*args[:split], "--server", url, *args[split:]]
+
+
+@pytest.fixture
+async def cli(tmp_path: Path) -> AsyncIterator[Cli]:
+    async with run_server(poll_window=5) as running:
+        yield Cli(running, tmp_path / "work")
+
+
+@pytest.fixture
+async def worker(cli: Cli) -> AsyncIterator[trio.Process]:
+    async with cli.worker() as process:
+        yield process
+
+
+async def test_pipe_job_output_exit_code_and_stream_separation(
+    cli: Cli, worker: trio.Process, repo: Repo
+) -> None:
+    done = await cli.run(
+        "submit", str(repo.path), "--", "sh", "-c", "cat version; echo oops >&2; exit 3"
+    )
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == b"three\n"
+    assert b"oops\n" in done.stderr
+    assert b"process exited with code 3" in done.stderr
+
+
+async def test_pty_job_sees_a_terminal_and_keeps_colours(
+    cli: Cli, worker: trio.Process, repo: Repo
+) -> None:
+    script = 'test -t 1 && echo tty; printf "\\033[31mred\\033[0m\\n"; echo err >&2'
+    done = await cli.run(
+        "submit", str(repo.path), "--process-type", "pty", "--", "sh", "-c", script
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"tty\r\n\x1b[31mred\x1b[0m\r\nerr\r\n"
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--branch", "feature"], b"two\n"),
+        (["--commit", "FIRST"], b"one\n"),
+        (["--branch", "feature", "--commit", "FEATURE"], b"two\n"),
+        (["--working-directory", "sub"], b"in sub\n"),
+    ],
+)
+async def test_checkout_of_branch_commit_and_directory(
+    cli: Cli, worker: trio.Process, repo: Repo, flags: list[str], expected: bytes
+) -> None:
+    flags = [{"FIRST": repo.first, "FEATURE": repo.feature}.get(f, f) for f in flags]
+    command = "cat where" if "--working-directory" in flags else "cat version"
+    done = await cli.run("submit", str(repo.path), *flags, "--", "sh", "-c", command)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == expected
+
+
+async def test_timeout_stops_the_process_group(
+    cli: Cli, worker: trio.Process, tmp_path: Path
+) -> None:
+    marker = tmp_path / "child-survived"
+    script = f"(sleep 3; touch {marker}) & sleep 60"
+    with trio.fail_after(30):
+        done = await cli.run("submit", "--timeout", "1", "--", "sh", "-c", script)
+    assert done.returncode != 0
+    assert b"timed out after 1 s" in done.stderr
+    await trio.sleep(4)
+    assert not marker.exists(), "a child of the timed-out job kept running"
+
+
+@pytest.mark.parametrize(
+    ("repository", "message"),
+    [
+        ("--upload-pack=touch MARKER", "looks like an option"),
+        ("ext::sh -c touch% MARKER", "remote helper"),
+        ("/no/such/repository", "checkout failed: git clone failed"),
+    ],
+)
+async def test_bad_repository_fails_the_job_clearly(
+    cli: Cli, worker: trio.Process, repository: str, message: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pwned"
+    repository = repository.replace("MARKER", str(marker))
+    store = cli.server.store
+    job = await store.enqueue_job(
+        f"bad-{repository}", "default", _params(repository=repository, command="true")
+    )
+    done = await cli.run("monitor", job.job_id)
+    assert done.returncode == 1
+    assert message.encode() in done.stderr
+    assert (await store.get_job(job.job_id)).state == JobState.FAILED
+    assert not marker.exists()
+
+
+async def test_working_directory_may_not_escape(
+    cli: Cli, worker: trio.Process, repo: Repo
+) -> None:
+    done = await cli.run("submit", str(repo.path), "--working-directory", "../..", "--", "pwd")
+    assert done.returncode == 1
+    assert b"leaves the checkout" in done.stderr
+
+
+async def test_missing_command_fails_the_job(cli: Cli, worker: trio.Process) -> None:
+    done = await cli.run("submit", "--", "no-such-command-here")
+    assert done.returncode == 1
+    assert b"command not found: no-such-command-here" in done.stderr
+
+
+async def test_monitor_replay_equals_live_output_byte_for_byte(
+    cli: Cli, worker: trio.Process
+) -> None:
+    # 20 MB holding every byte value, in a pattern that differs along the way.
+    program = (
+        "import sys\n"
+        "out = sys.stdout.buffer\n"
+        "for i in range(20 * 1024):\n"
+        "    out.write(bytes((i + j) % 256 for j in range(1024)))\n"
+    )
+    expected = hashlib.sha256(
+        b"".join(bytes((i + j) % 256 for j in range(1024)) for i in range(20 * 1024))
+    ).hexdigest()
+    live = await cli.run("submit", "--", sys.executable, "-c", program)
+    assert live.returncode == 0, live.stderr[-2000:]
+    assert len(live.stdout) == 20 * 1024 * 1024
+    assert hashlib.sha256(live.stdout).hexdigest() == expected
+    job_id = live.stderr.split(b"job ", 1)[1].split(b" ", 1)[0].decode()
+    replay = await cli.run("monitor", job_id)
+    assert replay.returncode == 0
+    assert hashlib.sha256(replay.stdout).hexdigest() == expected
+    await _assert_batches_within_bounds(cli.server.store, job_id)
+
+
+async def _assert_batches_within_bounds(store: JobStore, job_id: str) -> None:
+    job = await store.get_job(job_id)
+    assert job.execution_config is not None
+    assert job.execution_config.batching is not None
+    limit = job.execution_config.batching.max_batch_bytes
+    next_sequence = 1
+    async with store.subscribe_events(job_id, EventQuery()) as events:
+        while (event := await events.receive()) is not None:
+            assert event.sequence == next_sequence
+            data = event.event_data
+            if event.event_type == EventType.OUTPUT_BATCH:
+                assert data is not None
+                batch = data.value
+                sizes = [len(item.output) for item in batch.outputs]  # type: ignore[union-attr]
+                assert sum(sizes) <= limit
+                assert max(sizes) <= 200 * 1024
+                assert batch.start_sequence == event.sequence  # type: ignore[union-attr]
+                assert batch.end_sequence == event.sequence + len(sizes) - 1  # type: ignore[union-attr]
+                next_sequence = batch.end_sequence + 1  # type: ignore[union-attr]
+            else:
+                next_sequence = event.sequence + 1
+
+
+async def test_trickling_output_reaches_a_watcher_promptly(cli: Cli, worker: trio.Process) -> None:
+    store = cli.server.store
+    job = await store.enqueue_job(
+        "trickle", "default", _params(command="sh", args=["-c", "echo first; sleep 3; echo last"])
+    )
+    delays = []
+    async with store.subscribe_events(job.job_id, EventQuery()) as events:
+        with trio.fail_after(20):
+            while (event := await events.receive()) is not None:
+                if event.event_type == EventType.OUTPUT_BATCH:
+                    assert event.event_data is not None
+                    read_ms = event.event_data.value.first_timestamp_ms  # type: ignore[union-attr]
+                    delays.append(time.time() - read_ms / 1000)
+    # Each line reached the watcher about 100 ms after the worker read it,
+    # not after a long batching window or at the end of the job.
+    assert len(delays) == 2
+    assert max(delays) < 0.6, delays
+
+
+async def test_long_job_keeps_its_delivery_with_heartbeats(cli: Cli) -> None:
+    async with cli.worker("--visibility-timeout", "3"):
+        done = await cli.run("submit", "--", "sh", "-c", "sleep 7; echo done")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"done\n"
+
+
+async def test_killed_worker_job_runs_again_elsewhere_and_completes_once(
+    cli: Cli, tmp_path: Path
+) -> None:
+    store = cli.server.store
+    pid_file = tmp_path / "first-run.pid"
+    script = f"if [ -e {pid_file} ]; then echo second run; else echo $$ > {pid_file}; sleep 60; fi"
+    job = await store.enqueue_job("crash", "default", _params(command="sh", args=["-c", script]))
+    try:
+        async with cli.worker("--visibility-timeout", "3") as first:
+            await eventually(pid_file.exists)
+            first.send_signal(signal.SIGKILL)
+        async with cli.worker("--visibility-timeout", "3"):
+            done = await cli.run("monitor", job.job_id)
+    finally:
+        _kill(pid_file)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count(b"second run") == 1
+    assert (await store.get_job(job.job_id)).state == JobState.COMPLETED
+    page = await store.list_jobs("", JobState.UNSPECIFIED, 1, 50)
+    assert [j.job_id for j in page.jobs] == [job.job_id]
+
+
+async def test_sigterm_lets_the_running_job_finish_and_takes_no_new_one(
+    cli: Cli, tmp_path: Path
+) -> None:
+    store = cli.server.store
+    started = tmp_path / "started"
+    job = await store.enqueue_job(
+        "drain",
+        "default",
+        _params(command="sh", args=["-c", f"touch {started}; sleep 2; echo ok"]),
+    )
+    async with cli.worker() as worker:
+        await eventually(started.exists)
+        worker.send_signal(signal.SIGTERM)
+        later = await store.enqueue_job("after", "default", _params(command="true"))
+        with trio.fail_after(20):
+            assert await worker.wait() == 0
+    assert (await store.get_job(job.job_id)).state == JobState.COMPLETED
+    assert (await store.get_job(later.job_id)).state == JobState.SCHEDULED
+    workspaces = list((tmp_path / "work").iterdir()) if (tmp_path / "work").exists() else []
+    assert workspaces == []
+
+
+async def test_second_signal_stops_the_running_job_and_fails_it(cli: Cli, tmp_path: Path) -> None:
+    store = cli.server.store
+    started = tmp_path / "started"
+    job = await store.enqueue_job(
+        "forced", "default", _params(command="sh", args=["-c", f"touch {started}; sleep 60"])
+    )
+    async with cli.worker() as worker:
+        await eventually(started.exists)
+        worker.send_signal(signal.SIGTERM)
+        await trio.sleep(0.5)
+        worker.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            assert await worker.wait() == 0
+    assert (await store.get_job(job.job_id)).state == JobState.FAILED
+    done = await cli.run("monitor", job.job_id)
+    assert b"the worker stopped before the job finished" in done.stderr
+
+
+async def test_cli_reports_a_server_that_is_down() -> None:
+    done = await trio.run_process(
+        [tool("airunner-cli"), "submit", "--server", "http://127.0.0.1:9", "--", "true"],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        env=clean_env(),
+    )
+    assert done.returncode == 1
+    [line] = done.stderr.decode().strip().splitlines()
+    assert line.startswith("airunner-cli: error: cannot reach the server at http://127.0.0.1:9")
+
+
+def _params(**fields: object):  # type: ignore[no-untyped-def]
+    from airunner.api.job.v1.job_pb import JobParams
+
+    return JobParams(**fields)  # type: ignore[arg-type]
+
+
+def _kill(pid_file: Path) -> None:
+    with suppress(OSError, ValueError):
+        os.killpg(int(pid_file.read_text()), signal.SIGKILL)
