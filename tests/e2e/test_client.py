@@ -1,0 +1,112 @@
+"""airunner.client from trio: calls end promptly when cancelled or out of time."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from contextlib import aclosing
+
+import pytest
+import trio
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+
+from airunner.api.job.v1.job_pb import DequeueJobRequest, EnqueueJobRequest, ListJobsRequest
+from airunner.client import AirunnerClient, ClientConfigError
+from airunner.http import BearerAuth, load_public_key
+from tests.helpers import clean_env, params, request_id, tool
+
+from .conftest import KeyPair, RunningServer, run_server
+from .test_drain import SlowEnqueue
+
+
+async def test_cancelled_long_poll_returns_at_once(running: RunningServer) -> None:
+    async with AirunnerClient(running.url) as client:
+        start = trio.current_time()
+        with trio.move_on_after(0.3):
+            async with aclosing(
+                client.dequeue_job(DequeueJobRequest(queue="default"), rpc_timeout=30)
+            ) as deliveries:
+                async for _ in deliveries:
+                    pass
+        assert trio.current_time() - start < 1.5
+        # The client still works afterwards.
+        await client.list_jobs(ListJobsRequest())
+
+
+async def test_cancelled_unary_call_returns_at_once() -> None:
+    async with run_server(store=SlowEnqueue(10)) as running:  # type: ignore[arg-type]
+        async with AirunnerClient(running.url) as client:
+            start = trio.current_time()
+            with trio.move_on_after(0.3):
+                await client.enqueue_job(
+                    EnqueueJobRequest(
+                        request_id=request_id(), queue="default", job_params=params()
+                    )
+                )
+            assert trio.current_time() - start < 1.5
+        running.server.drain.begin()
+
+
+async def test_deadline_ends_a_long_poll() -> None:
+    async with run_server(poll_window=30) as running, AirunnerClient(running.url) as client:
+        start = trio.current_time()
+        with pytest.raises(ConnectError) as info:
+            async for _ in client.dequeue_job(DequeueJobRequest(queue="default"), rpc_timeout=0.5):
+                pass
+        assert info.value.code == Code.DEADLINE_EXCEEDED
+        assert trio.current_time() - start < 5
+
+
+async def test_errors_keep_their_codes(running: RunningServer) -> None:
+    async with AirunnerClient(running.url) as client:
+        with pytest.raises(ConnectError) as info:
+            await client.list_jobs(ListJobsRequest(queue="nope"))
+    assert info.value.code == Code.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("server", ["127.0.0.1:8080", "ftp://host", "http://"])
+def test_server_must_be_an_http_url(server: str) -> None:
+    with pytest.raises(ClientConfigError, match="http:// or https://"):
+        AirunnerClient(server)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_monitor_stops_promptly_on_a_signal(
+    running: RunningServer, signum: signal.Signals
+) -> None:
+    job = await running.store.enqueue_job(request_id(), "default", params())
+    process = await trio.lowlevel.open_process(
+        [tool("airunner-cli"), "monitor", job.job_id, "--server", running.url],
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    await trio.sleep(1)
+    assert process.returncode is None, "monitor ended before the job did"
+    process.send_signal(signum)
+    with trio.fail_after(5):
+        code = await process.wait()
+    assert code == (130 if signum == signal.SIGINT else -signal.SIGTERM)
+
+
+async def test_cli_reports_a_refused_token(key_pair: KeyPair) -> None:
+    auth = BearerAuth(load_public_key(key_pair.public_pem))
+    async with run_server(auth=auth) as running:
+        done = await trio.run_process(
+            [tool("airunner-cli"), "list", "--server", running.url],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=clean_env(AIRUNNER_TOKEN="not-a-token"),
+        )
+        assert done.returncode == 1
+        [line] = done.stderr.decode().strip().splitlines()
+        assert "refused the request: invalid bearer token" in line
+        good = await trio.run_process(
+            [tool("airunner-cli"), "list", "--server", running.url, "--token", key_pair.token()],
+            capture_stdout=True,
+            check=False,
+            env=clean_env(),
+        )
+        assert good.returncode == 0
