@@ -71,7 +71,7 @@ class _Failure:
 
 
 class AirunnerClient:
-    """Both airunner services on one HTTP connection pool.
+    """Both airunner services on one HTTP connection pool, open inside ``async with``.
 
     Args:
         server: ``http://`` or ``https://`` URL of the server.
@@ -85,27 +85,48 @@ class AirunnerClient:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ClientConfigError(f"server must be an http:// or https:// URL, got {server!r}")
         self.server = server.rstrip("/")
-        if parts.scheme == "https":
-            if verify_tls:
-                transport = SyncHTTPTransport(tls_include_system_certs=True)
-            else:
-                transport = SyncHTTPTransport(tls_ca_cert=_presented_certificate(parts))
-        else:
-            transport = SyncHTTPTransport()
-        self._http = SyncClient(transport)
-        self._jobs = JobServiceClientSync(self.server, http_client=self._http)
-        self._events = JobEventsServiceClientSync(self.server, http_client=self._http)
+        self._parts = parts
+        self._verify_tls = verify_tls
         self._headers: Mapping[str, str] = {"authorization": f"Bearer {token}"} if token else {}
+        self._opened: tuple[JobServiceClientSync, JobEventsServiceClientSync] | None = None
 
     async def __aenter__(self) -> AirunnerClient:
+        """Open the connection pool (for ``--no-verify``, after fetching the certificate)."""
+        if self._parts.scheme == "https":
+            if self._verify_tls:
+                transport = SyncHTTPTransport(tls_include_system_certs=True)
+            else:
+                certificate = await trio.to_thread.run_sync(
+                    _presented_certificate, self._parts, abandon_on_cancel=True
+                )
+                transport = SyncHTTPTransport(tls_ca_cert=certificate)
+        else:
+            transport = SyncHTTPTransport()
+        http = SyncClient(transport)
+        self._opened = (
+            JobServiceClientSync(self.server, http_client=http),
+            JobEventsServiceClientSync(self.server, http_client=http),
+        )
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
+        if self._opened is not None:
+            for client in self._opened:
+                client.close()
+            self._opened = None
 
-    def close(self) -> None:
-        self._jobs.close()
-        self._events.close()
+    @property
+    def _jobs(self) -> JobServiceClientSync:
+        return self._clients()[0]
+
+    @property
+    def _events(self) -> JobEventsServiceClientSync:
+        return self._clients()[1]
+
+    def _clients(self) -> tuple[JobServiceClientSync, JobEventsServiceClientSync]:
+        if self._opened is None:
+            raise RuntimeError("use the client in `async with AirunnerClient(...) as client:`")
+        return self._opened
 
     async def enqueue_job(
         self, request: EnqueueJobRequest, *, rpc_timeout: float = DEFAULT_TIMEOUT_SECONDS

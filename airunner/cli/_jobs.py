@@ -152,9 +152,14 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise CliError(f"cannot read {path}: {e.strerror}") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as e:
-        kind = "JSON" if path.suffix == ".json" else "YAML"
-        raise CliError(f"{path} is not valid {kind}: {e}") from None
+    except ValueError as e:
+        raise CliError(f"{path} is not valid JSON: {e}") from None
+    except yaml.YAMLError as e:
+        where = ""
+        if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark is not None:
+            where = f" (line {e.problem_mark.line + 1})"
+        problem = getattr(e, "problem", None) or "cannot parse"
+        raise CliError(f"{path} is not valid YAML{where}: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

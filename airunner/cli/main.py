@@ -11,20 +11,7 @@ from ._common import CliError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="airunner-cli", description="Talk to airunner.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _jobs.add_parsers(commands)
-    _worker.add_parser(commands)
-    _token.add_parser(commands)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # `submit [options] -- COMMAND ARG...`: what follows -- is the job's command
-    # line, untouched by option parsing.
-    command_line: list[str] = []
-    if argv[:1] == ["submit"] and "--" in argv:
-        split = argv.index("--")
-        argv, command_line = argv[:split], argv[split + 1 :]
-    args = parser.parse_args(argv)
-    args.command_line = command_line
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.run(args))
     except CliError as e:
@@ -33,6 +20,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("airunner-cli: interrupted", file=sys.stderr)
         return 130
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="airunner-cli", description="Talk to airunner.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _jobs.add_parsers(commands)
+    _worker.add_parser(commands)
+    _token.add_parser(commands)
+    argv = list(argv)
+    # `submit [options] -- COMMAND ARG...`: what follows -- is the job's command
+    # line, untouched by option parsing.
+    command_line: list[str] = []
+    if argv[:1] == ["submit"] and "--" in argv:
+        split = argv.index("--")
+        argv, command_line = argv[:split], argv[split + 1 :]
+    args = parser.parse_args(argv)
+    args.command_line = command_line
+    return args
 
 
 if __name__ == "__main__":

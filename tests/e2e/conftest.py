@@ -44,9 +44,10 @@ async def run_server(
     poll_window: float = 5.0,
     grace_period: float = 5.0,
     store: JobStore | None = None,
+    listen: str = "127.0.0.1:0",
 ) -> AsyncIterator[RunningServer]:
     settings = ServerSettings(
-        listen="127.0.0.1:0",
+        listen=listen,
         store=MemoryStoreSettings(token_signing_secret=b"e2e-secret"),
         auth=auth,
         grace_period=grace_period,

@@ -370,3 +370,68 @@ def _params(**fields: object):  # type: ignore[no-untyped-def]
 def _kill(pid_file: Path) -> None:
     with suppress(OSError, ValueError):
         os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+
+
+async def test_worker_backs_off_while_the_server_is_down(tmp_path: Path) -> None:
+    process = await trio.lowlevel.open_process(
+        [
+            tool("airunner-cli"),
+            "worker",
+            "--server",
+            "http://127.0.0.1:9",
+            "--work-dir",
+            str(tmp_path),
+        ],
+        env=clean_env(),
+        stderr=subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    log = b""
+    with trio.move_on_after(4.5):
+        while chunk := await process.stderr.receive_some():
+            log += chunk
+    process.send_signal(signal.SIGTERM)
+    with trio.fail_after(10):
+        assert await process.wait() == 0
+    failures = log.count(b"polling failed")
+    # Tries at about 0, 1 and 3 s: backing off, not spinning.
+    assert 2 <= failures <= 4, log.decode()
+
+
+async def test_worker_stops_a_job_it_lost_and_does_not_complete_it(
+    cli: Cli, tmp_path: Path
+) -> None:
+    store = cli.server.store
+    runs = tmp_path / "runs"
+    script = f"echo run >> {runs}; sleep 6; echo finished"
+    job = await store.enqueue_job("lost", "default", _params(command="sh", args=["-c", script]))
+    async with cli.worker("--visibility-timeout", "3") as worker:
+        await eventually(runs.exists)
+        # A frozen worker misses its heartbeats; the delivery expires meanwhile.
+        worker.send_signal(signal.SIGSTOP)
+        await eventually(lambda: _state(store, job.job_id) == JobState.SCHEDULED)
+        worker.send_signal(signal.SIGCONT)
+        done = await cli.run("monitor", job.job_id)
+    assert done.returncode == 0, done.stderr
+    # The first run was stopped before it finished; only the second completed.
+    assert done.stdout.count(b"finished") == 1
+    assert runs.read_text().count("run") == 2
+    assert (await store.get_job(job.job_id)).state == JobState.COMPLETED
+
+
+async def test_drain_timeout_stops_running_jobs(cli: Cli, tmp_path: Path) -> None:
+    store = cli.server.store
+    started = tmp_path / "started"
+    job = await store.enqueue_job(
+        "slow", "default", _params(command="sh", args=["-c", f"touch {started}; sleep 60"])
+    )
+    async with cli.worker("--drain-timeout", "1") as worker:
+        await eventually(started.exists)
+        worker.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            assert await worker.wait() == 0
+    assert (await store.get_job(job.job_id)).state == JobState.FAILED
+
+
+def _state(store: JobStore, job_id: str) -> JobState:
+    return store._jobs[job_id].state  # type: ignore[attr-defined, no-any-return]

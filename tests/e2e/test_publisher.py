@@ -1,0 +1,62 @@
+"""EventPublisher against a real server that goes away and comes back."""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+
+from airunner.client import AirunnerClient
+from airunner.store import EventQuery, MemoryJobStore
+from airunner.worker import EventPublisher
+from tests.helpers import end_event, eventually, output_event, params, request_id, start_event
+
+from .conftest import run_server
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_events_survive_a_server_restart_without_loss_or_duplicates() -> None:
+    store = MemoryJobStore(token_secret=b"e2e-secret")
+    job = await store.enqueue_job(request_id(), "default", params())
+    delivery = await store.dequeue_job("default", 600, deadline=trio.current_time() + 1)
+    assert delivery is not None
+    record = store._jobs[job.job_id]
+    listen = f"127.0.0.1:{_free_port()}"
+    done = trio.Event()
+    async with AirunnerClient(f"http://{listen}") as client, trio.open_nursery() as nursery:
+        publisher = EventPublisher(client, delivery.task_token)
+
+        async def publish_all() -> None:
+            await publisher.run()
+            done.set()
+
+        async with run_server(store=store, listen=listen, grace_period=0.2):
+            nursery.start_soon(publish_all)
+            await publisher.publish(start_event(1))
+            await publisher.publish(output_event(2))
+            await eventually(lambda: len(record.events) == 2)
+        # The server is gone: the stream breaks, and these wait for the next one.
+        await publisher.publish(output_event(3))
+        async with run_server(store=store, listen=listen):
+            await publisher.publish(end_event(4))
+            publisher.end()
+            with trio.fail_after(30):
+                await done.wait()
+    assert publisher.lost_events == 0
+    await store.complete_job(delivery.task_token, _result(job.job_id))
+    async with store.subscribe_events(job.job_id, EventQuery()) as events:
+        sequences = []
+        while (event := await events.receive()) is not None:
+            sequences.append(event.sequence)
+    assert sequences == [1, 2, 3, 4]
+
+
+def _result(job_id: str):  # type: ignore[no-untyped-def]
+    from tests.helpers import result
+
+    return result(job_id)

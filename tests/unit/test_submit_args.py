@@ -1,0 +1,108 @@
+"""How submit turns its command line and job file into an EnqueueJob request."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from airunner.api.job.v1.job_pb import EnqueueJobRequest, ProcessType
+from airunner.cli._common import CliError
+from airunner.cli._jobs import job_request, render_table
+from airunner.cli.main import parse_args
+
+
+def parse(*argv: str) -> EnqueueJobRequest:
+    return job_request(parse_args(["submit", *argv]))
+
+
+def test_command_line_after_dashes(tmp_path: Path) -> None:
+    request = parse(str(tmp_path), "--env", "A=1", "--", "sh", "-c", "echo --not-an-option")
+    assert request.queue == "default"
+    assert request.request_id
+    params = request.job_params
+    assert (params.command, params.args) == ("sh", ["-c", "echo --not-an-option"])
+    assert params.repository == str(tmp_path)
+    assert params.environment == {"A": "1"}
+
+
+def test_flags_override_the_job_file(tmp_path: Path) -> None:
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        "repository: https://example.com/repo.git\n"
+        "command: make\nargs: [test]\nqueue: priority\nprocess_type: pty\n"
+        "timeout_seconds: 60\nenvironment: {A: '1', B: '2'}\nbranch: main\n"
+    )
+    request = parse(
+        "--config", str(config), "--branch", "dev", "--env", "B=3", "--request-id", "r-1"
+    )
+    params = request.job_params
+    assert (request.queue, request.request_id) == ("priority", "r-1")
+    assert (params.command, params.args, params.branch) == ("make", ["test"], "dev")
+    assert params.process_type == ProcessType.PTY
+    assert params.timeout_seconds == 60
+    assert params.environment == {"A": "1", "B": "3"}
+    assert params.repository == "https://example.com/repo.git"
+
+
+def test_json_job_file(tmp_path: Path) -> None:
+    config = tmp_path / "job.json"
+    config.write_text(json.dumps({"command": "true", "metadata": {"team": "ci"}}))
+    assert parse("--config", str(config)).job_params.metadata == {"team": "ci"}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("command: [1, 2\n", r"is not valid YAML \(line 2\)"),
+        ("- a list\n", "must hold a mapping"),
+        ("command: x\nrepo: y\n", "unknown keys repo"),
+        ("command: x\ntimeout_seconds: soon\n", "whole number of seconds"),
+        ("command: x\nprocess_type: tty\n", "must be pipe or pty"),
+        ("command: x\nenvironment: [A]\n", "must be a mapping"),
+    ],
+)
+def test_bad_job_files(tmp_path: Path, content: str, message: str) -> None:
+    config = tmp_path / "job.yaml"
+    config.write_text(content)
+    with pytest.raises(CliError, match=message):
+        parse("--config", str(config))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "a command is required"),
+        (["--env", "NOEQUALS", "--command", "x"], "--env takes KEY=VALUE"),
+        (["/no/such/dir", "--command", "x"], "neither a URL nor a local path"),
+        (["--config", "/no/such/job.yaml"], "cannot read"),
+    ],
+)
+def test_bad_command_lines(argv: list[str], message: str) -> None:
+    with pytest.raises(CliError, match=message):
+        parse(*argv)
+
+
+def test_table_has_a_header_and_a_row_per_job() -> None:
+    from protobuf.wkt import Timestamp
+
+    from airunner.api.job.v1.job_pb import Job, JobParams, JobState
+
+    job = Job(
+        job_id="01900000-0000-7000-8000-000000000000",
+        state=JobState.RUNNING,
+        created_at=Timestamp.from_seconds(1000),
+        job_params=JobParams(command="make", args=["test"], repository="https://x/y.git"),
+    )
+    lines = render_table([job], now=1000 + 3 * 3600, queue="default").splitlines()
+    assert lines[0].split() == ["ID", "QUEUE", "STATE", "COMMAND", "REPOSITORY", "AGE"]
+    assert lines[1].split() == [
+        job.job_id,
+        "default",
+        "running",
+        "make",
+        "test",
+        "https://x/y.git",
+        "3h",
+    ]
