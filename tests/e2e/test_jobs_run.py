@@ -387,6 +387,10 @@ async def test_worker_backs_off_while_the_server_is_down(tmp_path: Path) -> None
     )
     assert process.stderr is not None
     log = b""
+    with trio.fail_after(30):
+        while b"polling failed" not in log:
+            log += await process.stderr.receive_some()
+    # From the first failure on, for 4.5 s.
     with trio.move_on_after(4.5):
         while chunk := await process.stderr.receive_some():
             log += chunk
