@@ -14,7 +14,7 @@ from connectrpc.errors import ConnectError
 from airunner.api.job.v1.job_pb import DequeueJobRequest, EnqueueJobRequest, ListJobsRequest
 from airunner.client import AirunnerClient, ClientConfigError
 from airunner.http import BearerAuth, load_public_key
-from tests.helpers import clean_env, params, request_id, tool
+from tests.helpers import clean_env, params, request_id, start_event, tool
 
 from .conftest import KeyPair, RunningServer, run_server
 from .test_drain import SlowEnqueue
@@ -75,15 +75,23 @@ def test_server_must_be_an_http_url(server: str) -> None:
 async def test_monitor_stops_promptly_on_a_signal(
     running: RunningServer, signum: signal.Signals
 ) -> None:
-    job = await running.store.enqueue_job(request_id(), "default", params())
+    store = running.store
+    job = await store.enqueue_job(request_id(), "default", params())
+    delivery = await store.dequeue_job("default", 600, deadline=trio.current_time() + 1)
+    assert delivery is not None
+    await store.publish_events(delivery.task_token, [start_event(1)])
     process = await trio.lowlevel.open_process(
         [tool("airunner-cli"), "monitor", job.job_id, "--server", running.url],
         env=clean_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    await trio.sleep(1)
-    assert process.returncode is None, "monitor ended before the job did"
+    assert process.stderr is not None
+    seen = b""
+    with trio.fail_after(30):
+        # Following the job: it printed the start event.
+        while b"process started" not in seen:
+            seen += await process.stderr.receive_some()
     process.send_signal(signum)
     with trio.fail_after(5):
         code = await process.wait()

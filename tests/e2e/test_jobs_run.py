@@ -82,7 +82,7 @@ class Cli:
         )
 
     @asynccontextmanager
-    async def worker(self, *args: str) -> AsyncIterator[trio.Process]:
+    async def worker(self, *args: str) -> AsyncIterator[WorkerProcess]:
         process = await trio.lowlevel.open_process(
             [
                 tool("airunner-cli"),
@@ -94,13 +94,40 @@ class Cli:
                 *args,
             ],
             env=clean_env(),
+            stderr=subprocess.PIPE,
         )
+        worker = WorkerProcess(process)
         try:
-            yield process
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(worker.read_log)
+                yield worker
+                nursery.cancel_scope.cancel()
         finally:
             if process.returncode is None:
                 process.send_signal(signal.SIGKILL)
             await process.wait()
+
+
+@dataclass
+class WorkerProcess:
+    """A worker process and what it logged so far."""
+
+    process: trio.Process
+    log: bytes = b""
+
+    def send_signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    async def wait(self) -> int:
+        return await self.process.wait()
+
+    async def read_log(self) -> None:
+        assert self.process.stderr is not None
+        while chunk := await self.process.stderr.receive_some():
+            self.log += chunk
+
+    async def logged(self, text: str) -> None:
+        await eventually(lambda: text.encode() in self.log)
 
 
 def _server_before_dashes(args: tuple[str, ...], url: str) -> list[str]:
@@ -115,13 +142,13 @@ async def cli(tmp_path: Path) -> AsyncIterator[Cli]:
 
 
 @pytest.fixture
-async def worker(cli: Cli) -> AsyncIterator[trio.Process]:
+async def worker(cli: Cli) -> AsyncIterator[WorkerProcess]:
     async with cli.worker() as process:
         yield process
 
 
 async def test_pipe_job_output_exit_code_and_stream_separation(
-    cli: Cli, worker: trio.Process, repo: Repo
+    cli: Cli, worker: WorkerProcess, repo: Repo
 ) -> None:
     done = await cli.run(
         "submit", str(repo.path), "--", "sh", "-c", "cat version; echo oops >&2; exit 3"
@@ -133,7 +160,7 @@ async def test_pipe_job_output_exit_code_and_stream_separation(
 
 
 async def test_pty_job_sees_a_terminal_and_keeps_colours(
-    cli: Cli, worker: trio.Process, repo: Repo
+    cli: Cli, worker: WorkerProcess, repo: Repo
 ) -> None:
     script = 'test -t 1 && echo tty; printf "\\033[31mred\\033[0m\\n"; echo err >&2'
     done = await cli.run(
@@ -153,7 +180,7 @@ async def test_pty_job_sees_a_terminal_and_keeps_colours(
     ],
 )
 async def test_checkout_of_branch_commit_and_directory(
-    cli: Cli, worker: trio.Process, repo: Repo, flags: list[str], expected: bytes
+    cli: Cli, worker: WorkerProcess, repo: Repo, flags: list[str], expected: bytes
 ) -> None:
     flags = [{"FIRST": repo.first, "FEATURE": repo.feature}.get(f, f) for f in flags]
     command = "cat where" if "--working-directory" in flags else "cat version"
@@ -163,7 +190,7 @@ async def test_checkout_of_branch_commit_and_directory(
 
 
 async def test_timeout_stops_the_process_group(
-    cli: Cli, worker: trio.Process, tmp_path: Path
+    cli: Cli, worker: WorkerProcess, tmp_path: Path
 ) -> None:
     marker = tmp_path / "child-survived"
     script = f"(sleep 3; touch {marker}) & sleep 60"
@@ -184,7 +211,7 @@ async def test_timeout_stops_the_process_group(
     ],
 )
 async def test_bad_repository_fails_the_job_clearly(
-    cli: Cli, worker: trio.Process, repository: str, message: str, tmp_path: Path
+    cli: Cli, worker: WorkerProcess, repository: str, message: str, tmp_path: Path
 ) -> None:
     marker = tmp_path / "pwned"
     repository = repository.replace("MARKER", str(marker))
@@ -200,21 +227,21 @@ async def test_bad_repository_fails_the_job_clearly(
 
 
 async def test_working_directory_may_not_escape(
-    cli: Cli, worker: trio.Process, repo: Repo
+    cli: Cli, worker: WorkerProcess, repo: Repo
 ) -> None:
     done = await cli.run("submit", str(repo.path), "--working-directory", "../..", "--", "pwd")
     assert done.returncode == 1
     assert b"leaves the checkout" in done.stderr
 
 
-async def test_missing_command_fails_the_job(cli: Cli, worker: trio.Process) -> None:
+async def test_missing_command_fails_the_job(cli: Cli, worker: WorkerProcess) -> None:
     done = await cli.run("submit", "--", "no-such-command-here")
     assert done.returncode == 1
     assert b"command not found: no-such-command-here" in done.stderr
 
 
 async def test_monitor_replay_equals_live_output_byte_for_byte(
-    cli: Cli, worker: trio.Process
+    cli: Cli, worker: WorkerProcess
 ) -> None:
     # 20 MB holding every byte value, in a pattern that differs along the way.
     program = (
@@ -260,7 +287,9 @@ async def _assert_batches_within_bounds(store: JobStore, job_id: str) -> None:
                 next_sequence = event.sequence + 1
 
 
-async def test_trickling_output_reaches_a_watcher_promptly(cli: Cli, worker: trio.Process) -> None:
+async def test_trickling_output_reaches_a_watcher_promptly(
+    cli: Cli, worker: WorkerProcess
+) -> None:
     store = cli.server.store
     job = await store.enqueue_job(
         "trickle", "default", _params(command="sh", args=["-c", "echo first; sleep 3; echo last"])
@@ -339,7 +368,8 @@ async def test_second_signal_stops_the_running_job_and_fails_it(cli: Cli, tmp_pa
     async with cli.worker() as worker:
         await eventually(started.exists)
         worker.send_signal(signal.SIGTERM)
-        await trio.sleep(0.5)
+        # Two signals sent at once could arrive as one.
+        await worker.logged("taking no new jobs")
         worker.send_signal(signal.SIGTERM)
         with trio.fail_after(20):
             assert await worker.wait() == 0
