@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+from collections.abc import Awaitable, Callable
 
+import trio
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
@@ -66,3 +69,45 @@ def explain(error: ConnectError, server: str) -> CliError:
 def status(message: str) -> None:
     """A status line: on stderr, so that stdout carries only the job's output."""
     print(f"airunner: {message}", file=sys.stderr, flush=True)
+
+
+def run_interruptibly(command: Callable[[], Awaitable[int]]) -> int:
+    """Run ``command`` under trio until it returns, or until SIGINT or SIGTERM.
+
+    A signal cancels the command at once and the exit code is 128 + its number,
+    as a shell reports it. The handlers are installed whatever the signals'
+    inherited disposition, so that a command started in the background stops too.
+    """
+
+    async def main() -> int:
+        try:
+            return await supervised()
+        except BaseExceptionGroup as group:
+            # The nursery wraps the command's own error; report that one.
+            failed, rest = group.split(CliError)
+            if failed is None or rest is not None:
+                raise
+            error: BaseException = failed
+            while isinstance(error, BaseExceptionGroup):
+                error = error.exceptions[0]
+            raise error from None
+
+    async def supervised() -> int:
+        code = 0
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                nonlocal code
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        status(f"{signal.Signals(signum).name}: stopping")
+                        code = 128 + signum
+                        nursery.cancel_scope.cancel()
+                        return
+
+            nursery.start_soon(stop_on_signal)
+            code = await command()
+            nursery.cancel_scope.cancel()
+        return code
+
+    return trio.run(main)

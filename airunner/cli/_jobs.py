@@ -32,7 +32,14 @@ from airunner.api.job.v1.job_pb import (
 from airunner.client import AirunnerClient
 from airunner.store import last_sequence_of
 
-from ._common import CliError, client_options, explain, make_client, status
+from ._common import (
+    CliError,
+    client_options,
+    explain,
+    make_client,
+    run_interruptibly,
+    status,
+)
 
 # Keys of a job file, and the JobParams field each fills.
 _CONFIG_KEYS = {
@@ -82,14 +89,14 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     submit.add_argument("--metadata", action="append", default=[], metavar="K=V")
     submit.add_argument("--request-id", help="idempotency key (default: a fresh one)")
     submit.add_argument("--detach", action="store_true", help="print the job id and return")
-    submit.set_defaults(run=lambda args: trio.run(_submit, args))
+    submit.set_defaults(run=lambda args: run_interruptibly(lambda: _submit(args)))
 
     monitor = commands.add_parser(
         "monitor", parents=[common], help="replay and follow a job's output"
     )
     monitor.add_argument("job_id")
     monitor.add_argument("--from-sequence", type=int, default=0, metavar="N")
-    monitor.set_defaults(run=lambda args: trio.run(_monitor, args))
+    monitor.set_defaults(run=lambda args: run_interruptibly(lambda: _monitor(args)))
 
     listing = commands.add_parser("list", parents=[common], help="list jobs, newest first")
     listing.add_argument("--queue", default="")
@@ -98,7 +105,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     listing.add_argument("--page-size", type=int, default=50)
     listing.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
     listing.add_argument("--json", action="store_true", help="one JSON object per job")
-    listing.set_defaults(run=lambda args: trio.run(_list, args))
+    listing.set_defaults(run=lambda args: run_interruptibly(lambda: _list(args)))
 
 
 # submit
