@@ -469,3 +469,28 @@ async def test_drain_timeout_stops_running_jobs(cli: Cli, tmp_path: Path) -> Non
 
 def _state(store: JobStore, job_id: str) -> JobState:
     return store._jobs[job_id].state  # type: ignore[attr-defined, no-any-return]
+
+
+async def test_concurrency_runs_jobs_side_by_side(cli: Cli, tmp_path: Path) -> None:
+    store = cli.server.store
+    # Each job waits for the other to start: they finish only if both run at once.
+    first, second = tmp_path / "first", tmp_path / "second"
+    jobs = [
+        await store.enqueue_job(
+            name,
+            "default",
+            _params(
+                command="sh",
+                args=[
+                    "-c",
+                    f"touch {mine}; for i in $(seq 100); do"
+                    f" [ -e {other} ] && exit 0; sleep 0.1; done; exit 1",
+                ],
+            ),
+        )
+        for name, mine, other in (("a", first, second), ("b", second, first))
+    ]
+    async with cli.worker("--concurrency", "2"):
+        for job in jobs:
+            done = await cli.run("monitor", job.job_id)
+            assert done.returncode == 0, done.stderr
