@@ -87,6 +87,19 @@ async def eventually(condition: Callable[[], bool]) -> None:
             await trio.sleep(0.01)
 
 
+async def read_until(stream: trio.abc.ReceiveStream | None, marker: bytes) -> bytes:
+    """Read ``stream`` until ``marker`` appears; return everything read."""
+    assert stream is not None
+    seen = b""
+    with trio.fail_after(30):
+        while marker not in seen:
+            chunk = await stream.receive_some()
+            if not chunk:
+                raise AssertionError(f"stream ended before {marker!r}: {seen!r}")
+            seen += chunk
+    return seen
+
+
 def tool(name: str) -> str:
     """A command installed beside this Python (the test extras), else on PATH."""
     local = BIN / name

@@ -14,7 +14,7 @@ from connectrpc.errors import ConnectError
 from airunner.api.job.v1.job_pb import DequeueJobRequest, EnqueueJobRequest, ListJobsRequest
 from airunner.client import AirunnerClient, ClientConfigError
 from airunner.http import BearerAuth, load_public_key
-from tests.helpers import clean_env, params, request_id, start_event, tool
+from tests.helpers import clean_env, params, read_until, request_id, start_event, tool
 
 from .conftest import KeyPair, RunningServer, run_server
 from .test_drain import SlowEnqueue
@@ -86,12 +86,8 @@ async def test_monitor_stops_promptly_on_a_signal(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    assert process.stderr is not None
-    seen = b""
-    with trio.fail_after(30):
-        # Following the job: it printed the start event.
-        while b"process started" not in seen:
-            seen += await process.stderr.receive_some()
+    # Following the job once it printed the start event.
+    await read_until(process.stderr, b"process started")
     process.send_signal(signum)
     with trio.fail_after(10):
         code = await process.wait()

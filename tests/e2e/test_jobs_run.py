@@ -18,7 +18,7 @@ import trio
 
 from airunner.api.job.v1.job_pb import EventType, JobState
 from airunner.store import EventQuery, JobStore
-from tests.helpers import clean_env, eventually, tool
+from tests.helpers import clean_env, eventually, read_until, tool
 
 from .conftest import RunningServer, run_server
 
@@ -415,11 +415,8 @@ async def test_worker_backs_off_while_the_server_is_down(tmp_path: Path) -> None
         env=clean_env(),
         stderr=subprocess.PIPE,
     )
+    log = await read_until(process.stderr, b"polling failed")
     assert process.stderr is not None
-    log = b""
-    with trio.fail_after(30):
-        while b"polling failed" not in log:
-            log += await process.stderr.receive_some()
     # From the first failure on, for 4.5 s.
     with trio.move_on_after(4.5):
         while chunk := await process.stderr.receive_some():
