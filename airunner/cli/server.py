@@ -5,15 +5,24 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Sequence
 
 import trio
+from botocore.exceptions import BotoCoreError, ClientError
 
+from airunner.aws import open_aws_clients
 from airunner.config import DEFAULT_LISTEN, ConfigError, parse_listen, store_settings_from_env
 from airunner.http import AuthConfigError, BearerAuth, load_public_key
 from airunner.server import DEFAULT_GRACE_PERIOD_SECONDS, Server, ServerSettings, build_store
+from airunner.store._sqs_schema import (
+    DEFAULT_EVENTS_TABLE,
+    DEFAULT_JOBS_TABLE,
+    Resources,
+    create_resources,
+)
 
 log = logging.getLogger("airunner.server")
 
@@ -41,7 +50,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="on SIGTERM/SIGINT, how long in-flight calls may take to finish "
         f"(default {DEFAULT_GRACE_PERIOD_SECONDS:g})",
     )
+    init = commands.add_parser(
+        "init-aws",
+        help="create the SQS queues and DynamoDB tables of the sqs store "
+        "(against AWS_ENDPOINT_URL, such as moto's server) and print their settings",
+    )
+    init.add_argument("--environment", default="dev", help="queue name part (default dev)")
+    init.add_argument("--jobs-table", default=DEFAULT_JOBS_TABLE)
+    init.add_argument("--events-table", default=DEFAULT_EVENTS_TABLE)
     args = parser.parse_args(argv)
+    if args.command == "init-aws":
+        return _init_aws(args)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -58,6 +77,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         print(f"airunner-server: error: cannot listen on {settings.listen}: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _init_aws(args: argparse.Namespace) -> int:
+    async def create() -> Resources:
+        async with open_aws_clients() as aws:
+            return await create_resources(
+                aws,
+                environment=args.environment,
+                jobs_table=args.jobs_table,
+                events_table=args.events_table,
+            )
+
+    try:
+        resources = trio.run(create)
+    except (BotoCoreError, ClientError) as e:
+        print(f"airunner-server: error: cannot create the AWS resources: {e}", file=sys.stderr)
+        return 1
+    for name, value in resources.environment().items():
+        print(f"export {name}={shlex.quote(value)}")
     return 0
 
 

@@ -1,0 +1,145 @@
+"""The AWS resources the SQS/DynamoDB store uses, as the seed's Phase 1 defines them.
+
+``create_resources`` makes them (for a laptop against moto, or a first try in an
+account); production creates them with Terraform (deploy/terraform).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from botocore.exceptions import ClientError
+
+from airunner.aws import AwsClients
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs.literals import QueueAttributeNameType
+
+# GSI1: a queue's jobs by creation time (ListJobs). GSI2: request id (idempotency).
+JOBS_BY_QUEUE_INDEX = "GSI1"
+JOBS_BY_REQUEST_INDEX = "GSI2"
+DEFAULT_JOBS_TABLE = "airunner_jobs"
+DEFAULT_EVENTS_TABLE = "airunner_job_events"
+EVENTS_TTL_ATTRIBUTE = "ttl"
+QUEUE_NAMES = ("default", "priority")
+# A message received this many times without being deleted goes to the DLQ.
+MAX_RECEIVE_COUNT = 3
+QUEUE_ATTRIBUTES: dict[QueueAttributeNameType, str] = {
+    "VisibilityTimeout": "300",
+    "ReceiveMessageWaitTimeSeconds": "20",
+    # 14 days, SQS's longest.
+    "MessageRetentionPeriod": "1209600",
+    "SqsManagedSseEnabled": "true",
+}
+
+
+@dataclass(frozen=True)
+class Resources:
+    queue_urls: dict[str, str]
+    dead_letter_queue_urls: dict[str, str]
+    jobs_table: str
+    events_table: str
+
+    def environment(self) -> dict[str, str]:
+        """The server's environment for these resources."""
+        env = {
+            "AIRUNNER_STORE_TYPE": "sqs",
+            "AIRUNNER_SQS_QUEUE_DEFAULT": self.queue_urls["default"],
+            "AIRUNNER_DYNAMODB_JOBS_TABLE": self.jobs_table,
+            "AIRUNNER_DYNAMODB_EVENTS_TABLE": self.events_table,
+        }
+        if "priority" in self.queue_urls:
+            env["AIRUNNER_SQS_QUEUE_PRIORITY"] = self.queue_urls["priority"]
+        return env
+
+
+async def create_resources(
+    aws: AwsClients,
+    *,
+    environment: str,
+    jobs_table: str = DEFAULT_JOBS_TABLE,
+    events_table: str = DEFAULT_EVENTS_TABLE,
+) -> Resources:
+    """Create the queues (each with its DLQ) and both tables; existing ones are kept."""
+    queue_urls, dlq_urls = {}, {}
+    for name in QUEUE_NAMES:
+        base = f"airunner-{environment}-{name}"
+        dlq_url = (
+            await aws.sqs.create_queue(
+                QueueName=f"{base}-dlq",
+                Attributes={
+                    "MessageRetentionPeriod": QUEUE_ATTRIBUTES["MessageRetentionPeriod"],
+                    "SqsManagedSseEnabled": "true",
+                },
+            )
+        )["QueueUrl"]
+        dlq_arn = (
+            await aws.sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
+        )["Attributes"]["QueueArn"]
+        redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVE_COUNT}
+        queue_urls[name] = (
+            await aws.sqs.create_queue(
+                QueueName=base,
+                Attributes=QUEUE_ATTRIBUTES | {"RedrivePolicy": json.dumps(redrive)},
+            )
+        )["QueueUrl"]
+        dlq_urls[name] = dlq_url
+    await _create_table(
+        aws,
+        TableName=jobs_table,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[
+            {"AttributeName": "job_id", "AttributeType": "S"},
+            {"AttributeName": "queue", "AttributeType": "S"},
+            {"AttributeName": "created_at", "AttributeType": "N"},
+            {"AttributeName": "request_id", "AttributeType": "S"},
+        ],
+        KeySchema=[{"AttributeName": "job_id", "KeyType": "HASH"}],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": JOBS_BY_QUEUE_INDEX,
+                "KeySchema": [
+                    {"AttributeName": "queue", "KeyType": "HASH"},
+                    {"AttributeName": "created_at", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            },
+            {
+                "IndexName": JOBS_BY_REQUEST_INDEX,
+                "KeySchema": [{"AttributeName": "request_id", "KeyType": "HASH"}],
+                "Projection": {"ProjectionType": "KEYS_ONLY"},
+            },
+        ],
+    )
+    await _create_table(
+        aws,
+        TableName=events_table,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[
+            {"AttributeName": "job_id", "AttributeType": "S"},
+            {"AttributeName": "sequence", "AttributeType": "N"},
+        ],
+        KeySchema=[
+            {"AttributeName": "job_id", "KeyType": "HASH"},
+            {"AttributeName": "sequence", "KeyType": "RANGE"},
+        ],
+    )
+    ttl = await aws.dynamodb.describe_time_to_live(TableName=events_table)
+    if ttl["TimeToLiveDescription"].get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
+        await aws.dynamodb.update_time_to_live(
+            TableName=events_table,
+            TimeToLiveSpecification={"Enabled": True, "AttributeName": EVENTS_TTL_ATTRIBUTE},
+        )
+    return Resources(queue_urls, dlq_urls, jobs_table, events_table)
+
+
+async def _create_table(aws: AwsClients, **definition: object) -> None:
+    try:
+        await aws.dynamodb.create_table(**definition)  # type: ignore[arg-type]
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") != "ResourceInUseException":
+            raise
+    waiter = aws.dynamodb.get_waiter("table_exists")
+    await waiter.wait(TableName=str(definition["TableName"]), WaiterConfig={"Delay": 1})

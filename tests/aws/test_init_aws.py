@@ -1,0 +1,90 @@
+"""airunner-server init-aws: the seed's queues and tables, on moto's server."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from typing import Any
+
+from tests.helpers import clean_env, tool
+
+
+def init_aws(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [tool("airunner-server"), "init-aws", *args],
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def exports(output: str) -> dict[str, str]:
+    pairs = {}
+    for line in output.strip().splitlines():
+        assert line.startswith("export ")
+        name, _, value = line.removeprefix("export ").partition("=")
+        pairs[name] = shlex.split(value)[0]
+    return pairs
+
+
+def test_creates_queues_and_tables_as_the_seed_says(
+    aws_env: dict[str, str], boto: tuple[Any, Any]
+) -> None:
+    sqs, dynamodb = boto
+    done = init_aws(aws_env, "--environment", "seedcheck")
+    assert done.returncode == 0, done.stderr
+    settings = exports(done.stdout)
+    assert settings["AIRUNNER_STORE_TYPE"] == "sqs"
+    assert settings["AIRUNNER_DYNAMODB_JOBS_TABLE"] == "airunner_jobs"
+    assert settings["AIRUNNER_DYNAMODB_EVENTS_TABLE"] == "airunner_job_events"
+
+    for name in ("default", "priority"):
+        url = settings[f"AIRUNNER_SQS_QUEUE_{name.upper()}"]
+        assert url.endswith(f"/airunner-seedcheck-{name}")
+        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        assert attributes["VisibilityTimeout"] == "300"
+        assert attributes["ReceiveMessageWaitTimeSeconds"] == "20"
+        assert attributes["MessageRetentionPeriod"] == "1209600"
+        assert attributes["SqsManagedSseEnabled"] == "true"
+        redrive = json.loads(attributes["RedrivePolicy"])
+        assert int(redrive["maxReceiveCount"]) == 3
+        assert redrive["deadLetterTargetArn"].endswith(f":airunner-seedcheck-{name}-dlq")
+
+    jobs = dynamodb.describe_table(TableName="airunner_jobs")["Table"]
+    assert jobs["KeySchema"] == [{"AttributeName": "job_id", "KeyType": "HASH"}]
+    assert jobs["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+    indexes = {index["IndexName"]: index for index in jobs["GlobalSecondaryIndexes"]}
+    assert indexes["GSI1"]["KeySchema"] == [
+        {"AttributeName": "queue", "KeyType": "HASH"},
+        {"AttributeName": "created_at", "KeyType": "RANGE"},
+    ]
+    assert indexes["GSI1"]["Projection"]["ProjectionType"] == "ALL"
+    assert indexes["GSI2"]["KeySchema"] == [{"AttributeName": "request_id", "KeyType": "HASH"}]
+    assert indexes["GSI2"]["Projection"]["ProjectionType"] == "KEYS_ONLY"
+    types = {a["AttributeName"]: a["AttributeType"] for a in jobs["AttributeDefinitions"]}
+    assert types == {"job_id": "S", "queue": "S", "created_at": "N", "request_id": "S"}
+
+    events = dynamodb.describe_table(TableName="airunner_job_events")["Table"]
+    assert events["KeySchema"] == [
+        {"AttributeName": "job_id", "KeyType": "HASH"},
+        {"AttributeName": "sequence", "KeyType": "RANGE"},
+    ]
+    ttl = dynamodb.describe_time_to_live(TableName="airunner_job_events")
+    assert ttl["TimeToLiveDescription"] == {"TimeToLiveStatus": "ENABLED", "AttributeName": "ttl"}
+
+
+def test_running_it_again_changes_nothing(aws_env: dict[str, str]) -> None:
+    first = init_aws(aws_env, "--environment", "twice")
+    second = init_aws(aws_env, "--environment", "twice")
+    assert first.returncode == second.returncode == 0, second.stderr
+    assert first.stdout == second.stdout
+
+
+def test_unreachable_endpoint_is_one_line(aws_env: dict[str, str]) -> None:
+    done = init_aws(aws_env | {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("airunner-server: error: cannot create the AWS resources:")
