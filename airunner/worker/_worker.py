@@ -116,6 +116,9 @@ class Worker:
                             if self.stop.is_set():
                                 await self._hand_back(delivery)
                                 continue
+                            # Counted now, not when the task starts, so that the
+                            # next poll never asks for more than the free slots.
+                            self._running += 1
                             jobs.start_soon(self._run_job, delivery, executor_settings)
                 except ConnectError as e:
                     if e.code != Code.DEADLINE_EXCEEDED:
@@ -146,7 +149,6 @@ class Worker:
             log.warning("could not hand back job %s: %s", job_id, e.message)
 
     async def _run_job(self, delivery: DequeueJobResponse, settings: ExecutorSettings) -> None:
-        self._running += 1
         try:
             await JobExecutor(self._client, delivery, settings, kill=self.kill).run()
         except Exception:

@@ -491,3 +491,23 @@ async def test_concurrency_runs_jobs_side_by_side(cli: Cli, tmp_path: Path) -> N
         for job in jobs:
             done = await cli.run("monitor", job.job_id)
             assert done.returncode == 0, done.stderr
+
+
+async def test_worker_never_runs_more_than_its_concurrency(cli: Cli, tmp_path: Path) -> None:
+    store = cli.server.store
+    running = tmp_path / "running"
+    running.mkdir()
+    # Each job notes how many jobs run beside it, itself included.
+    mine = f"{running}/$AIRUNNER_JOB_ID"
+    script = f"touch {mine}; sleep 1; ls {running} | wc -l; rm {mine}"
+    jobs = [
+        await store.enqueue_job(f"many-{i}", "default", _params(command="sh", args=["-c", script]))
+        for i in range(5)
+    ]
+    async with cli.worker("--concurrency", "2"):
+        counts = []
+        for job in jobs:
+            done = await cli.run("monitor", job.job_id)
+            assert done.returncode == 0, done.stderr
+            counts.append(int(done.stdout))
+    assert max(counts) <= 2
