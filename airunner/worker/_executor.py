@@ -149,10 +149,22 @@ class JobExecutor:
         self, workspace: Path, publisher: EventPublisher, started_at: int
     ) -> JobResult:
         sequences = Sequencer()
-        try:
-            cwd = await checkout(self._params, workspace / "checkout")
-        except CheckoutError as e:
-            return await self._fail(publisher, sequences, started_at, f"checkout failed: {e}")
+        # Stopping the worker cuts a long checkout short too.
+        cwd: Path | None = None
+        checkout_error = ""
+        async with trio.open_nursery() as guard:
+            guard.start_soon(self._cancel_on_kill, guard.cancel_scope)
+            try:
+                cwd = await checkout(self._params, workspace / "checkout")
+            except CheckoutError as e:
+                checkout_error = f"checkout failed: {e}"
+            guard.cancel_scope.cancel()
+        if checkout_error:
+            return await self._fail(publisher, sequences, started_at, checkout_error)
+        if cwd is None:
+            return await self._fail(
+                publisher, sequences, started_at, "the worker stopped before the job started"
+            )
         start_sequence = sequences.take()
 
         async def on_start(pid: int, at_ns: int) -> None:

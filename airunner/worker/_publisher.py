@@ -50,8 +50,11 @@ class EventPublisher:
     ``lost_events``; the server drops the duplicates a re-send makes.
     """
 
-    def __init__(self, client: AirunnerClient, task_token: str) -> None:
+    def __init__(
+        self, client: AirunnerClient, task_token: str, *, retain_bytes: int = RETAIN_BYTES
+    ) -> None:
         self._client = client
+        self._retain_limit = retain_bytes
         self._token = task_token
         self._send, self._receive = trio.open_memory_channel[JobEvent](INPUT_BUFFER)
         self._retained: list[JobEvent] = []
@@ -132,7 +135,7 @@ class EventPublisher:
 
     def _retain(self, event: JobEvent) -> None:
         size = len(event.to_binary())
-        if event.event_type in CRITICAL_TYPES or self._retained_bytes + size <= RETAIN_BYTES:
+        if event.event_type in CRITICAL_TYPES or self._retained_bytes + size <= self._retain_limit:
             self._retained.append(event)
             self._retained_bytes += size
         else:

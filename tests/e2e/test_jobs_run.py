@@ -511,3 +511,32 @@ async def test_worker_never_runs_more_than_its_concurrency(cli: Cli, tmp_path: P
             assert done.returncode == 0, done.stderr
             counts.append(int(done.stdout))
     assert max(counts) <= 2
+
+
+async def test_stopping_the_worker_cuts_a_hung_checkout_short(cli: Cli, tmp_path: Path) -> None:
+    store = cli.server.store
+    # A git server that accepts connections and never answers.
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    held: list[trio.SocketStream] = []
+
+    async def hold(stream: trio.SocketStream) -> None:
+        held.append(stream)
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, hold, listeners)
+        job = await store.enqueue_job(
+            "hung", "default", _params(repository=f"git://127.0.0.1:{port}/repo", command="true")
+        )
+        async with cli.worker() as worker:
+            await eventually(lambda: bool(held))
+            worker.send_signal(signal.SIGTERM)
+            await worker.logged("taking no new jobs")
+            worker.send_signal(signal.SIGTERM)
+            with trio.fail_after(20):
+                assert await worker.wait() == 0
+        nursery.cancel_scope.cancel()
+    assert (await store.get_job(job.job_id)).state == JobState.FAILED
+    done = await cli.run("monitor", job.job_id)
+    assert b"the worker stopped before the job started" in done.stderr

@@ -60,3 +60,36 @@ def _result(job_id: str):  # type: ignore[no-untyped-def]
     from tests.helpers import result
 
     return result(job_id)
+
+
+async def test_output_past_the_retention_limit_is_counted_when_lost() -> None:
+    store = MemoryJobStore(token_secret=b"e2e-secret")
+    job = await store.enqueue_job(request_id(), "default", params())
+    delivery = await store.dequeue_job("default", 600, deadline=trio.current_time() + 1)
+    assert delivery is not None
+    record = store._jobs[job.job_id]
+    listen = f"127.0.0.1:{_free_port()}"
+    done = trio.Event()
+    async with AirunnerClient(f"http://{listen}") as client, trio.open_nursery() as nursery:
+        # Room to keep the start event and one output event for re-sending.
+        publisher = EventPublisher(client, delivery.task_token, retain_bytes=200)
+
+        async def publish_all() -> None:
+            await publisher.run()
+            done.set()
+
+        async with run_server(store=store, listen=listen, grace_period=0.2):
+            nursery.start_soon(publish_all)
+            await publisher.publish(start_event(1))
+            for sequence in range(2, 6):
+                await publisher.publish(output_event(sequence, b"x" * 100))
+            await eventually(lambda: len(record.events) == 5)
+        # The server lost nothing here, but the stream broke before its answer:
+        # the publisher re-sends what it kept and counts what it could not keep.
+        async with run_server(store=store, listen=listen):
+            await publisher.publish(end_event(6))
+            publisher.end()
+            with trio.fail_after(30):
+                await done.wait()
+    assert publisher.lost_events == 3
+    assert sorted(record.events) == [1, 2, 3, 4, 5, 6]
