@@ -3,6 +3,8 @@
 A second store plugs in by adding its name to STORES and a branch to ``store``.
 Time-dependent tests take the ``clock`` fixture: a trio MockClock that jumps
 ahead whenever every task is waiting, for stores whose deadlines are trio times.
+Stores on real clocks (AWS) run the same tests in real time, with short
+timeouts, and ``slack`` says how late their timers may fire.
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ def clock(store_kind: str) -> trio.abc.Clock | None:
     if store_kind == "memory":
         return trio.testing.MockClock(autojump_threshold=0)
     return None
+
+
+@pytest.fixture
+def slack(store_kind: str) -> float:
+    """Seconds a store's visibility expiry may come late (0 on the mock clock)."""
+    return 0.0 if store_kind == "memory" else 1.0
 
 
 @pytest.fixture

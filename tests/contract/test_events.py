@@ -225,10 +225,10 @@ async def test_slow_subscriber_does_not_block_publisher_and_is_told_where_to_res
         assert sequences(await drain(resumed)) == list(range(got[-1] + 1, total + 3))
 
 
-async def test_publish_needs_current_token(store: JobStore, clock: object) -> None:
-    delivery = await running_job(store, visibility=10)
+async def test_publish_needs_current_token(store: JobStore, clock: object, slack: float) -> None:
+    delivery = await running_job(store, visibility=3)
     await store.publish_events(delivery.task_token, [start_event(1)])
-    await trio.sleep(10)
+    await trio.sleep(3 + slack)
     with pytest.raises(InvalidArgument, match="no longer current"):
         await store.publish_events(delivery.task_token, [output_event(2)])
     with pytest.raises(InvalidArgument, match="task_token is required"):
@@ -268,15 +268,17 @@ async def test_subscribe_to_unknown_job_is_not_found(store: JobStore) -> None:
             pass
 
 
-async def test_rerun_job_keeps_one_increasing_event_log(store: JobStore, clock: object) -> None:
+async def test_rerun_job_keeps_one_increasing_event_log(
+    store: JobStore, clock: object, slack: float
+) -> None:
     job_id = await enqueue(store)
-    first = await must_dequeue(store, visibility=10)
+    first = await must_dequeue(store, visibility=3)
     covering = output_event(2, b"one")
     covering.event_data.value.end_sequence = 4  # type: ignore[union-attr]
     await store.publish_events(first.task_token, [start_event(1), covering])
     async with store.subscribe_events(job_id, EventQuery()) as stream:
         assert sequences(await take(stream, 2)) == [1, 2]
-        await trio.sleep(11)
+        await trio.sleep(3.5 + slack)
         second = await must_dequeue(store, visibility=60)
         await store.publish_events(second.task_token, [start_event(1), output_event(2, b"two")])
         await finish(store, second, 3)

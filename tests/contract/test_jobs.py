@@ -132,10 +132,10 @@ async def test_delivered_job_is_running_and_invisible(store: JobStore, clock: ob
     assert delivery.job.state == JobState.RUNNING
     assert delivery.task_token
     assert await state_of(store, job_id) == JobState.RUNNING
-    assert await dequeue(store, wait=30) is None
+    assert await dequeue(store, wait=3) is None
 
 
-async def test_long_poll_is_woken_by_enqueue(store: JobStore, clock: object) -> None:
+async def test_long_poll_is_woken_by_enqueue(store: JobStore, clock: object, slack: float) -> None:
     got: list[Delivery | None] = []
 
     async def poll() -> None:
@@ -143,20 +143,20 @@ async def test_long_poll_is_woken_by_enqueue(store: JobStore, clock: object) -> 
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(poll)
-        await trio.sleep(3)
+        await trio.sleep(1)
         job_id = await enqueue(store)
         woken_at = trio.current_time()
     assert got[0] is not None
     assert got[0].job.job_id == job_id
-    assert trio.current_time() - woken_at < 1
+    assert trio.current_time() - woken_at < 1 + slack
 
 
 async def test_long_poll_ends_with_nothing_when_its_window_closes(
-    store: JobStore, clock: object
+    store: JobStore, clock: object, slack: float
 ) -> None:
     start = trio.current_time()
-    assert await dequeue(store, wait=20) is None
-    assert 20 <= trio.current_time() - start < 21
+    assert await dequeue(store, wait=3) is None
+    assert 3 <= trio.current_time() - start < 4 + slack
 
 
 async def test_each_job_goes_to_one_of_many_waiting_dequeuers(
@@ -165,7 +165,7 @@ async def test_each_job_goes_to_one_of_many_waiting_dequeuers(
     got: list[str] = []
 
     async def poll() -> None:
-        delivery = await dequeue(store, wait=20)
+        delivery = await dequeue(store, wait=3)
         if delivery is not None:
             got.append(delivery.job.job_id)
 
@@ -178,8 +178,8 @@ async def test_each_job_goes_to_one_of_many_waiting_dequeuers(
 
 
 async def test_cancelled_dequeue_delivers_nothing(store: JobStore, clock: object) -> None:
-    with trio.move_on_after(2):
-        await dequeue(store, wait=20)
+    with trio.move_on_after(1):
+        await dequeue(store, wait=3)
     job_id = await enqueue(store)
     assert (await must_dequeue(store)).job.job_id == job_id
 
@@ -221,14 +221,14 @@ async def test_release_returns_job_to_its_place_at_once(store: JobStore) -> None
 
 
 async def test_expired_delivery_returns_to_queue_at_its_deadline(
-    store: JobStore, clock: object
+    store: JobStore, clock: object, slack: float
 ) -> None:
     job_id = await enqueue(store)
-    delivery = await must_dequeue(store, visibility=10)
     delivered_at = trio.current_time()
-    await trio.sleep_until(delivered_at + 9.9)
+    delivery = await must_dequeue(store, visibility=3)
+    await trio.sleep_until(delivered_at + 2.9 - slack)
     assert await state_of(store, job_id) == JobState.RUNNING
-    await trio.sleep_until(delivered_at + 10)
+    await trio.sleep_until(delivered_at + 3 + slack)
     assert await state_of(store, job_id) == JobState.SCHEDULED
     with pytest.raises(InvalidArgument, match="no longer current"):
         await store.complete_job(delivery.task_token, result(job_id))
@@ -236,20 +236,24 @@ async def test_expired_delivery_returns_to_queue_at_its_deadline(
         await store.update_job("default", delivery.task_token, 30)
 
 
-async def test_waiting_dequeuer_gets_expired_job(store: JobStore, clock: object) -> None:
+async def test_waiting_dequeuer_gets_expired_job(
+    store: JobStore, clock: object, slack: float
+) -> None:
     job_id = await enqueue(store)
-    await must_dequeue(store, visibility=10)
+    await must_dequeue(store, visibility=3)
     start = trio.current_time()
-    again = await dequeue(store, wait=60)
+    again = await dequeue(store, wait=10)
     assert again is not None
     assert again.job.job_id == job_id
-    assert trio.current_time() - start == pytest.approx(10, abs=0.5)
+    assert trio.current_time() - start == pytest.approx(3, abs=0.5 + slack)
 
 
-async def test_old_token_fails_after_redelivery(store: JobStore, clock: object) -> None:
+async def test_old_token_fails_after_redelivery(
+    store: JobStore, clock: object, slack: float
+) -> None:
     job_id = await enqueue(store)
-    first = await must_dequeue(store, visibility=10)
-    await trio.sleep(11)
+    first = await must_dequeue(store, visibility=3)
+    await trio.sleep(3.5 + slack)
     second = await must_dequeue(store, visibility=60)
     assert second.job.job_id == job_id
     with pytest.raises(InvalidArgument):
@@ -258,16 +262,18 @@ async def test_old_token_fails_after_redelivery(store: JobStore, clock: object) 
     assert await state_of(store, job_id) == JobState.COMPLETED
 
 
-async def test_update_extends_visibility_from_now(store: JobStore, clock: object) -> None:
+async def test_update_extends_visibility_from_now(
+    store: JobStore, clock: object, slack: float
+) -> None:
     job_id = await enqueue(store)
-    delivery = await must_dequeue(store, visibility=10)
     start = trio.current_time()
-    await trio.sleep_until(start + 8)
-    await store.update_job("default", delivery.task_token, 10)
-    await trio.sleep_until(start + 17)
+    delivery = await must_dequeue(store, visibility=3)
+    await trio.sleep_until(start + 2)
+    await store.update_job("default", delivery.task_token, 4)
+    await trio.sleep_until(start + 4.5)
     assert await state_of(store, job_id) == JobState.RUNNING
-    await store.update_job("default", delivery.task_token, 5)
-    await trio.sleep_until(start + 22.5)
+    await store.update_job("default", delivery.task_token, 2)
+    await trio.sleep_until(start + 7 + slack)
     assert await state_of(store, job_id) == JobState.SCHEDULED
 
 
@@ -291,15 +297,15 @@ async def test_update_checks_queue_and_token(store: JobStore) -> None:
     ("success", "state"), [(True, JobState.COMPLETED), (False, JobState.FAILED)]
 )
 async def test_complete_records_result_and_job_never_runs_again(
-    store: JobStore, clock: object, success: bool, state: JobState
+    store: JobStore, clock: object, slack: float, success: bool, state: JobState
 ) -> None:
     job_id = await enqueue(store)
-    delivery = await must_dequeue(store, visibility=10)
+    delivery = await must_dequeue(store, visibility=3)
     await store.complete_job(delivery.task_token, result(job_id, success=success, exit_code=3))
     assert await state_of(store, job_id) == state
-    await trio.sleep(30)
+    await trio.sleep(4 + slack)
     assert await state_of(store, job_id) == state
-    assert await dequeue(store, wait=5) is None
+    assert await dequeue(store, wait=2) is None
 
 
 async def test_complete_retried_with_same_result_succeeds(store: JobStore) -> None:
