@@ -46,3 +46,7 @@ channels_overflow = _meter.create_counter(
     "airunner.channels.overflow.total",
     description="Subscriber buffers that overflowed, ending their stream",
 )
+messages_dropped = _meter.create_counter(
+    "airunner.queue.messages.dropped.total",
+    description="SQS messages deleted without a delivery: poison, or a finished job",
+)

@@ -9,13 +9,21 @@ timeouts, and ``slack`` says how late their timers may fire.
 
 from __future__ import annotations
 
+import itertools
+import uuid
+from collections.abc import AsyncIterator
+
 import pytest
 import trio
 import trio.testing
 
+from airunner.aws import open_aws_clients
 from airunner.store import JobStore, MemoryJobStore
+from airunner.store._sqs import SQSJobStore
+from airunner.store._sqs_schema import create_resources
 
-STORES = ["memory"]
+STORES = ["memory", "sqs"]
+_names = itertools.count()
 # Small, so that the overflow case needs few events.
 SUBSCRIBER_BUFFER = 8
 POLL = 5.0
@@ -40,13 +48,33 @@ def slack(store_kind: str) -> float:
 
 
 @pytest.fixture
-async def store(store_kind: str, nursery: trio.Nursery) -> JobStore:
+async def store(
+    store_kind: str, nursery: trio.Nursery, request: pytest.FixtureRequest
+) -> AsyncIterator[JobStore]:
     if store_kind == "memory":
         made: JobStore = MemoryJobStore(
             token_secret=b"contract-secret", subscriber_buffer=SUBSCRIBER_BUFFER
         )
-    else:  # pragma: no cover
-        raise AssertionError(store_kind)
-    for actor in made.actors():
-        await nursery.start(actor.run)
-    return made
+        for actor in made.actors():
+            await nursery.start(actor.run)
+        yield made
+        return
+    # Fresh queues and tables on moto's server for every test.
+    request.getfixturevalue("aws_env")
+    name = f"c{next(_names)}-{uuid.uuid4().hex[:8]}"
+    async with open_aws_clients() as aws:
+        resources = await create_resources(
+            aws, environment=name, jobs_table=f"jobs-{name}", events_table=f"events-{name}"
+        )
+        made = SQSJobStore(
+            aws,
+            queue_urls=resources.queue_urls,
+            jobs_table=resources.jobs_table,
+            default_visibility_timeout=300,
+            token_secret=b"contract-secret",
+        )
+        async with trio.open_nursery() as actors:
+            for actor in made.actors():
+                await actors.start(actor.run)
+            yield made
+            actors.cancel_scope.cancel()

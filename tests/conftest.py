@@ -1,4 +1,4 @@
-"""moto's server on 127.0.0.1, started by the test suite, for everything AWS."""
+"""Fixtures for the whole suite: moto's server on 127.0.0.1, started by the suite itself."""
 
 from __future__ import annotations
 
