@@ -50,3 +50,7 @@ messages_dropped = _meter.create_counter(
     "airunner.queue.messages.dropped.total",
     description="SQS messages deleted without a delivery: poison, or a finished job",
 )
+dynamodb_batch_retries = _meter.create_counter(
+    "airunner.dynamodb.batch_retries.total",
+    description="BatchWriteItem calls repeated for unprocessed items",
+)

@@ -6,6 +6,7 @@ one suite against every store.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -144,3 +145,16 @@ def last_sequence_of(event: JobEvent) -> int:
 
 def event_time_ms(event: JobEvent) -> int:
     return event.timestamp.to_nanos() // 1_000_000 if event.timestamp is not None else 0
+
+
+def rebased(event: JobEvent, base: int) -> JobEvent:
+    """The event as stored: its sequences moved past the job's earlier runs."""
+    if not base:
+        return event
+    stored = copy.deepcopy(event)
+    stored.sequence += base
+    if stored.event_data is not None and stored.event_data.field == "output_batch":
+        batch = stored.event_data.value
+        batch.start_sequence += base
+        batch.end_sequence += base
+    return stored

@@ -34,7 +34,7 @@ from airunner.api.job.v1.job_pb import (
 )
 
 from . import _rules as rules
-from ._contract import FINAL_STATES, Delivery, EventQuery, JobPage, last_sequence_of
+from ._contract import FINAL_STATES, Delivery, EventQuery, JobPage, last_sequence_of, rebased
 from ._errors import InvalidArgument, NotFound, ResourceExhausted
 from ._ids import new_job_id
 from ._tokens import TaskToken, TaskTokenSigner
@@ -281,7 +281,7 @@ class MemoryJobStore:
             if sequence in record.events:
                 continue
             stored_count += 1
-            stored = _rebased(event, record.sequence_base)
+            stored = rebased(event, record.sequence_base)
             if stored.timestamp is None:
                 stored.timestamp = _now()
             record.events[sequence] = stored
@@ -410,16 +410,3 @@ class MemoryJobStore:
 
 def _now() -> Timestamp:
     return Timestamp.from_nanos(time.time_ns())
-
-
-def _rebased(event: JobEvent, base: int) -> JobEvent:
-    """The event as stored: its sequences moved past the job's earlier runs."""
-    if not base:
-        return event
-    stored = copy.deepcopy(event)
-    stored.sequence += base
-    if stored.event_data is not None and stored.event_data.field == "output_batch":
-        batch = stored.event_data.value
-        batch.start_sequence += base
-        batch.end_sequence += base
-    return stored

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -34,7 +34,16 @@ from airunner.api.job.v1.job_pb import (
 from airunner.aws import AwsClients
 
 from . import _rules as rules
-from ._contract import FINAL_STATES, Delivery, EventQuery, EventStream, JobPage
+from ._contract import (
+    FINAL_STATES,
+    Delivery,
+    EventQuery,
+    EventStream,
+    JobPage,
+    event_time_ms,
+    last_sequence_of,
+    rebased,
+)
 from ._errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from ._ids import new_job_id
 from ._sqs_schema import JOBS_BY_QUEUE_INDEX
@@ -58,6 +67,13 @@ _THROTTLING = frozenset(
         "OverLimit",
     }
 )
+# DynamoDB's limit of items per BatchWriteItem call.
+BATCH_WRITE_ITEMS = 25
+# Unprocessed items are retried this many times, with exponential backoff.
+BATCH_WRITE_ATTEMPTS = 3
+BATCH_WRITE_BACKOFF_SECONDS = 0.1
+# Subscribers read again at least this often, for events stored by other replicas.
+TAIL_INTERVAL_SECONDS = 1.0
 # How long a delivery in the making may take once its message was received,
 # even if the dequeuer is cancelled meanwhile.
 _DELIVERY_SECONDS = 10.0
@@ -70,9 +86,11 @@ class SQSJobStore:
         aws: Open SQS and DynamoDB clients.
         queue_urls: Queue name to SQS queue URL.
         jobs_table: The jobs table.
+        events_table: The events table.
         default_visibility_timeout: Seconds a delivery stays invisible when the
             dequeuer does not say.
         token_secret: HMAC secret for task tokens, the same on every replica.
+        events_ttl_days: Days events are kept (DynamoDB TTL); 0 keeps them.
     """
 
     def __init__(
@@ -81,12 +99,19 @@ class SQSJobStore:
         *,
         queue_urls: Mapping[str, str],
         jobs_table: str,
+        events_table: str,
         default_visibility_timeout: int,
         token_secret: bytes,
+        events_ttl_days: int = 0,
     ) -> None:
         self._aws = aws
         self._urls = dict(queue_urls)
         self._jobs_table = jobs_table
+        self._events_table = events_table
+        self._events_ttl_seconds = events_ttl_days * 86400
+        # Wakes this replica's subscribers of a job when it publishes or finishes;
+        # events from other replicas reach them within TAIL_INTERVAL_SECONDS.
+        self._changed: dict[str, trio.Event] = {}
         self._default_visibility = default_visibility_timeout
         self._signer = TaskTokenSigner(token_secret)
         self._pollers = {name: QueuePoller(aws.sqs, name, url) for name, url in self._urls.items()}
@@ -212,6 +237,7 @@ class SQSJobStore:
             return None
         queue = item["queue"]["S"]
         previous = int(item.get("attempt", {"N": "0"})["N"])
+        base = await self._last_sequence(job_id)
         now_ms = _now_ms()
         try:
             with _aws_errors():
@@ -220,7 +246,7 @@ class SQSJobStore:
                     Key={"job_id": {"S": job_id}},
                     UpdateExpression=(
                         "SET #state = :running, attempt = :attempt, receipt_handle = :receipt,"
-                        " visible_until = :until, updated_at = :now"
+                        " visible_until = :until, updated_at = :now, sequence_base = :base"
                     ),
                     ConditionExpression="attempt = :previous OR attribute_not_exists(attempt)",
                     ExpressionAttributeNames={"#state": "state"},
@@ -231,6 +257,7 @@ class SQSJobStore:
                         ":receipt": {"S": receipt},
                         ":until": {"N": str(now_ms + visibility * 1000)},
                         ":now": {"N": str(now_ms)},
+                        ":base": {"N": str(base)},
                     },
                 )
                 await self._aws.sqs.change_message_visibility(
@@ -346,6 +373,7 @@ class SQSJobStore:
         except (Unavailable, ResourceExhausted, _ReceiptExpired) as e:
             # The job is final in the table; its message, if it comes back, is dropped.
             log.warning("could not delete the message of job %s: %s", token.job_id, e)
+        self._wake(token.job_id)
         telemetry.jobs_completed.add(1, {"queue": token.queue, "state": final.name})
 
     async def _current(self, task_token: str) -> tuple[TaskToken, dict[str, Any]]:
@@ -416,15 +444,150 @@ class SQSJobStore:
         item = response.get("Item")
         return dict(item) if item is not None else None
 
-    # Events: not in this store yet.
+    # Events.
 
     async def publish_events(self, task_token: str, events: Sequence[JobEvent]) -> None:
-        raise Unavailable("events are not stored by the SQS/DynamoDB store yet")
+        token, item = await self._current(task_token)
+        rules.check_events(events)
+        base = int(item.get("sequence_base", {"N": "0"})["N"])
+        telemetry.events_publish.add(len(events), {"queue": token.queue})
+        now_ms = _now_ms()
+        expires = (
+            str(now_ms // 1000 + self._events_ttl_seconds) if self._events_ttl_seconds else ""
+        )
+        requests: dict[int, Any] = {}
+        for event in events:
+            stored = rebased(event, base)
+            if stored.timestamp is None:
+                stored.timestamp = _timestamp(now_ms)
+            put: dict[str, Any] = {
+                "job_id": {"S": token.job_id},
+                "sequence": {"N": str(stored.sequence)},
+                "timestamp": {"N": str(event_time_ms(stored))},
+                "event_type": {"N": str(int(stored.event_type))},
+                "event_payload": {"B": stored.to_binary()},
+            }
+            if expires:
+                put["ttl"] = {"N": expires}
+            # A sequence sent twice in one call is one item (BatchWriteItem refuses duplicates).
+            requests[stored.sequence] = {"PutRequest": {"Item": put}}
+        await self._batch_write(list(requests.values()))
+        telemetry.events_persisted.add(len(requests), {"queue": token.queue})
+        self._wake(token.job_id)
 
-    def subscribe_events(
-        self, job_id: str, query: EventQuery
-    ) -> AbstractAsyncContextManager[EventStream]:
-        raise Unavailable("events are not stored by the SQS/DynamoDB store yet")
+    async def _batch_write(self, requests: list[Any]) -> None:
+        """Write items in BatchWriteItem calls of at most 25, retrying unprocessed ones."""
+        for start in range(0, len(requests), BATCH_WRITE_ITEMS):
+            pending = requests[start : start + BATCH_WRITE_ITEMS]
+            for attempt in range(BATCH_WRITE_ATTEMPTS):
+                with _aws_errors():
+                    response = await self._aws.dynamodb.batch_write_item(
+                        RequestItems={self._events_table: pending}
+                    )
+                pending = list(response.get("UnprocessedItems", {}).get(self._events_table, []))
+                if not pending:
+                    break
+                telemetry.dynamodb_batch_retries.add(1, {"operation": "BatchWriteItem"})
+                await trio.sleep(BATCH_WRITE_BACKOFF_SECONDS * 2**attempt)
+            else:
+                raise ResourceExhausted(
+                    f"{len(pending)} events were not stored after "
+                    f"{BATCH_WRITE_ATTEMPTS} attempts; retry"
+                )
+
+    async def _last_sequence(self, job_id: str) -> int:
+        """The last sequence the job's stored events cover (0 without events)."""
+        with _aws_errors():
+            response = await self._aws.dynamodb.query(
+                TableName=self._events_table,
+                KeyConditionExpression="job_id = :job",
+                ExpressionAttributeValues={":job": {"S": job_id}},
+                ScanIndexForward=False,
+                Limit=1,
+                ConsistentRead=True,
+            )
+        items = response.get("Items", [])
+        if not items:
+            return 0
+        return last_sequence_of(JobEvent.from_binary(bytes(items[0]["event_payload"]["B"])))
+
+    async def _events_after(self, job_id: str, sequence: int) -> list[JobEvent]:
+        """The job's stored events after ``sequence``, in order, every page."""
+        paginator = self._aws.dynamodb.get_paginator("query")
+        pages = paginator.paginate(
+            TableName=self._events_table,
+            KeyConditionExpression="job_id = :job AND #sequence > :after",
+            ExpressionAttributeNames={"#sequence": "sequence"},
+            ExpressionAttributeValues={":job": {"S": job_id}, ":after": {"N": str(sequence)}},
+            ConsistentRead=True,
+        )
+        events = []
+        with _aws_errors():
+            async for page in pages:
+                for item in page.get("Items", []):
+                    events.append(JobEvent.from_binary(bytes(item["event_payload"]["B"])))
+        return events
+
+    def changed(self, job_id: str) -> trio.Event:
+        """Set when this replica stores events of the job or finishes it."""
+        event = self._changed.get(job_id)
+        if event is None:
+            event = self._changed[job_id] = trio.Event()
+        return event
+
+    def _wake(self, job_id: str) -> None:
+        event = self._changed.pop(job_id, None)
+        if event is not None:
+            event.set()
+
+    async def job_is_final(self, job_id: str) -> bool:
+        item = await self._get_item(job_id)
+        return item is not None and JobState(int(item["state"]["N"])) in FINAL_STATES
+
+    @asynccontextmanager
+    async def subscribe_events(self, job_id: str, query: EventQuery) -> AsyncIterator[EventStream]:
+        await self.get_job(job_id)
+        telemetry.streams_active.add(1)
+        try:
+            yield _EventTail(self, job_id, query)
+        finally:
+            telemetry.streams_active.add(-1)
+
+
+class _EventTail:
+    """A subscriber that reads the events table from where it left off.
+
+    It reads again when this replica stores events of the job, and at least
+    every TAIL_INTERVAL_SECONDS for events stored by other replicas. Reading
+    by sequence from the last one returned leaves no gap and no duplicate
+    between history and live events; a slow reader holds no buffer at all.
+    """
+
+    def __init__(self, store: SQSJobStore, job_id: str, query: EventQuery) -> None:
+        self._store = store
+        self._job_id = job_id
+        self._query = query
+        self._after = query.from_sequence - 1
+        self._ready: list[JobEvent] = []
+        self._ended = False
+
+    async def receive(self) -> JobEvent | None:
+        while not self._ready:
+            if self._ended:
+                return None
+            changed = self._store.changed(self._job_id)
+            # Once the job is final no event can follow: read what is left, then end.
+            final = await self._store.job_is_final(self._job_id)
+            events = await self._store._events_after(self._job_id, self._after)
+            if events:
+                self._after = events[-1].sequence
+                self._ready = [event for event in events if self._query.matches(event)]
+            elif final:
+                self._ended = True
+            else:
+                with trio.move_on_after(TAIL_INTERVAL_SECONDS):
+                    await changed.wait()
+        return self._ready.pop(0)
 
 
 class _TransactionCancelled(Exception):

@@ -70,6 +70,7 @@ async def store(
             aws,
             queue_urls=resources.queue_urls,
             jobs_table=resources.jobs_table,
+            events_table=resources.events_table,
             default_visibility_timeout=300,
             token_secret=b"contract-secret",
         )

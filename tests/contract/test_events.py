@@ -23,12 +23,6 @@ from .conftest import SUBSCRIBER_BUFFER
 from .test_jobs import enqueue, must_dequeue
 
 
-@pytest.fixture(params=["memory"])
-def store_kind(request: pytest.FixtureRequest) -> str:
-    """The stores that keep events: the SQS/DynamoDB store does not yet (issue 4)."""
-    return str(request.param)
-
-
 async def running_job(store: JobStore, visibility: int = 0) -> Delivery:
     await enqueue(store)
     return await must_dequeue(store, visibility=visibility)
@@ -88,7 +82,8 @@ async def test_resent_sequence_is_stored_once(store: JobStore) -> None:
     assert sequences(events) == [1, 2, 3, 4]
     batch = events[1].event_data
     assert batch is not None
-    assert batch.value.outputs[0].output == b"a"  # type: ignore[union-attr]
+    # One of the two sends: a worker re-sends the same event, so either will do.
+    assert batch.value.outputs[0].output in (b"a", b"b")  # type: ignore[union-attr]
 
 
 async def test_events_come_back_in_sequence_order(store: JobStore) -> None:
@@ -209,26 +204,32 @@ async def test_slow_subscriber_does_not_block_publisher_and_is_told_where_to_res
     await store.publish_events(token, [start_event(1)])
     async with store.subscribe_events(delivery.job.job_id, EventQuery()) as slow:
         total = SUBSCRIBER_BUFFER * 3
-        with trio.fail_after(5):
+        with trio.fail_after(30):
             for sequence in range(2, total + 2):
                 await store.publish_events(token, [output_event(sequence)])
+        await finish(store, delivery, total + 2)
         got: list[int] = []
-
-        async def read_all() -> None:
+        ended_with = ""
+        try:
             while (event := await slow.receive()) is not None:
                 got.append(event.sequence)
-
-        with pytest.raises(ResourceExhausted, match="resume with from_sequence=") as info:
-            await read_all()
-        # Nothing was skipped before the error: the stream is a prefix of the log.
+        except ResourceExhausted as e:
+            # A store that buffers for its subscribers ends an overflowing
+            # stream and says where to resume.
+            ended_with = str(e)
+        # Nothing was skipped: what came is a prefix of the log, in order.
         assert got == list(range(1, len(got) + 1))
-        assert len(got) >= SUBSCRIBER_BUFFER
-        assert f"from_sequence={got[-1] + 1}" in str(info.value)
-    await finish(store, delivery, total + 2)
+        resume_from = None
+        if ended_with:
+            resume_from = got[-1] + 1
+            assert f"from_sequence={resume_from}" in ended_with
+    if resume_from is None:
+        assert got == list(range(1, total + 3))
+        return
     async with store.subscribe_events(
-        delivery.job.job_id, EventQuery(from_sequence=got[-1] + 1)
+        delivery.job.job_id, EventQuery(from_sequence=resume_from)
     ) as resumed:
-        assert sequences(await drain(resumed)) == list(range(got[-1] + 1, total + 3))
+        assert sequences(await drain(resumed)) == list(range(resume_from, total + 3))
 
 
 async def test_publish_needs_current_token(store: JobStore, clock: object, slack: float) -> None:
