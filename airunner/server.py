@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import trio
+from botocore.exceptions import BotoCoreError, ClientError
 
 from airunner.actors import HttpFront, supervise
+from airunner.aws import open_aws_clients
 from airunner.config import ConfigError, MemoryStoreSettings, StoreSettings
 from airunner.http import DEQUEUE_POLL_WINDOW_SECONDS, BearerAuth, Drain, build_app
 from airunner.store import JobStore, MemoryJobStore
+from airunner.store._sqs import SQSJobStore
+from airunner.store._sqs_schema import DEFAULT_EVENTS_TABLE
 
 log = logging.getLogger(__name__)
 
@@ -28,23 +34,37 @@ class ServerSettings:
     poll_window: float = DEQUEUE_POLL_WINDOW_SECONDS
 
 
-def build_store(settings: StoreSettings) -> JobStore:
-    """The store the settings name.
+@asynccontextmanager
+async def open_store(settings: StoreSettings) -> AsyncIterator[JobStore]:
+    """The store the settings name, open for as long as the context lasts.
 
     Raises:
-        ConfigError: the store cannot be created.
+        ConfigError: the store cannot be used (for SQS: a queue or table is
+            missing or unreachable), with one line for the operator.
     """
     if isinstance(settings, MemoryStoreSettings):
-        store = MemoryJobStore(
+        log.info("Using in-memory job store")
+        yield MemoryJobStore(
             default_visibility_timeout=settings.default_visibility_timeout,
             token_secret=settings.token_signing_secret,
         )
-        log.info("Using in-memory job store")
-        return store
-    raise ConfigError(
-        "failed to create SQS store: the SQS/DynamoDB store is not available "
-        "in this version of airunner; unset AIRUNNER_STORE_TYPE to use the in-memory store"
-    )
+        return
+    async with open_aws_clients() as aws:
+        store = SQSJobStore(
+            aws,
+            queue_urls=settings.queue_urls,
+            jobs_table=settings.jobs_table,
+            events_table=settings.events_table or DEFAULT_EVENTS_TABLE,
+            default_visibility_timeout=settings.default_visibility_timeout,
+            token_secret=settings.token_signing_secret,
+            events_ttl_days=settings.events_ttl_days,
+        )
+        try:
+            await store.check_resources()
+        except (BotoCoreError, ClientError) as e:
+            raise ConfigError(f"failed to create SQS store: {e}") from None
+        log.info("Using SQS/DynamoDB job store")
+        yield store
 
 
 class Server:
@@ -54,7 +74,7 @@ class Server:
     requests still in flight during the drain find them running.
     """
 
-    def __init__(self, settings: ServerSettings, store: JobStore) -> None:
+    def __init__(self, settings: ServerSettings, store: JobStore | None = None) -> None:
         self._settings = settings
         self._store = store
         self.drain = Drain()
@@ -64,8 +84,15 @@ class Server:
 
         ``task_status.started`` reports the bound URLs.
         """
+        if self._store is not None:
+            await self._serve(self._store, task_status)
+            return
+        async with open_store(self._settings.store) as store:
+            await self._serve(store, task_status)
+
+    async def _serve(self, store: JobStore, task_status: trio.TaskStatus[Any]) -> None:
         app = build_app(
-            self._store,
+            store,
             auth=self._settings.auth,
             drain=self.drain,
             poll_window=self._settings.poll_window,
@@ -77,7 +104,7 @@ class Server:
             grace_period=self._settings.grace_period,
         )
         async with trio.open_nursery() as store_actors:
-            for actor in self._store.actors():
+            for actor in store.actors():
                 await store_actors.start(supervise, actor)
             async with trio.open_nursery() as serving:
                 binds = await serving.start(supervise, front)

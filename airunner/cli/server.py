@@ -16,7 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from airunner.aws import open_aws_clients
 from airunner.config import DEFAULT_LISTEN, ConfigError, parse_listen, store_settings_from_env
 from airunner.http import AuthConfigError, BearerAuth, load_public_key
-from airunner.server import DEFAULT_GRACE_PERIOD_SECONDS, Server, ServerSettings, build_store
+from airunner.server import DEFAULT_GRACE_PERIOD_SECONDS, Server, ServerSettings
 from airunner.store._sqs_schema import (
     DEFAULT_EVENTS_TABLE,
     DEFAULT_JOBS_TABLE,
@@ -66,9 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # One line per AWS request is noise; their failures reach us as errors.
+    for chatty in ("httpx", "httpx2", "botocore", "aiobotocore"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         settings = _settings(args)
-        server = Server(settings, build_store(settings.store))
+        server = Server(settings)
     except (ConfigError, AuthConfigError) as e:
         print(f"airunner-server: error: {e}", file=sys.stderr)
         return 1
@@ -76,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         trio.run(_serve, server, settings.grace_period)
     except OSError as e:
         print(f"airunner-server: error: cannot listen on {settings.listen}: {e}", file=sys.stderr)
+        return 1
+    except ConfigError as e:
+        print(f"airunner-server: error: {e}", file=sys.stderr)
         return 1
     return 0
 
@@ -128,10 +134,11 @@ async def _serve(server: Server, grace_period: float) -> None:
             await server.run()
             nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        # A failure to bind arrives wrapped in the nurseries it crossed.
-        oserror, rest = group.split(OSError)
-        if oserror is not None and rest is None:
-            raise _first(oserror) from None
+        # A failure to bind, or to open the store, arrives wrapped in the
+        # nurseries it crossed.
+        expected, rest = group.split((OSError, ConfigError))
+        if expected is not None and rest is None:
+            raise _first(expected) from None
         raise
 
 
@@ -152,11 +159,10 @@ async def _stop_on_signals(
                 everything.cancel()
 
 
-def _first(group: BaseExceptionGroup[OSError]) -> OSError:
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     error: BaseException = group
     while isinstance(error, BaseExceptionGroup):
         error = error.exceptions[0]
-    assert isinstance(error, OSError)
     return error
 
 

@@ -116,6 +116,17 @@ class SQSJobStore:
         self._signer = TaskTokenSigner(token_secret)
         self._pollers = {name: QueuePoller(aws.sqs, name, url) for name, url in self._urls.items()}
 
+    async def check_resources(self) -> None:
+        """Fail now, not at the first request, if a queue or table is missing.
+
+        Raises:
+            ClientError, BotoCoreError: as AWS answered.
+        """
+        for url in self._urls.values():
+            await self._aws.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+        for table in (self._jobs_table, self._events_table):
+            await self._aws.dynamodb.describe_table(TableName=table)
+
     @property
     def queues(self) -> Collection[str]:
         return self._urls.keys()

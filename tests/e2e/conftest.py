@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -24,7 +24,7 @@ from pyqwest import HTTPVersion, SyncClient, SyncHTTPTransport
 from airunner.api.job.v1.job_connect import JobEventsServiceClientSync, JobServiceClientSync
 from airunner.config import MemoryStoreSettings
 from airunner.http import BearerAuth
-from airunner.server import Server, ServerSettings, build_store
+from airunner.server import Server, ServerSettings, open_store
 from airunner.store import JobStore
 
 T = TypeVar("T")
@@ -53,12 +53,14 @@ async def run_server(
         grace_period=grace_period,
         poll_window=poll_window,
     )
-    store = store or build_store(settings.store)
-    server = Server(settings, store)
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(server.run)
-        yield RunningServer(binds[0], server, store)
-        server.drain.begin()
+    async with AsyncExitStack() as stack:
+        if store is None:
+            store = await stack.enter_async_context(open_store(settings.store))
+        server = Server(settings, store)
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(server.run)
+            yield RunningServer(binds[0], server, store)
+            server.drain.begin()
 
 
 @pytest.fixture

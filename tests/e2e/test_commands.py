@@ -54,9 +54,10 @@ def run_command(args: list[str], env: Mapping[str, str]) -> subprocess.Completed
                 "AIRUNNER_SQS_QUEUE_DEFAULT": "http://127.0.0.1:1/q",
                 "AIRUNNER_DYNAMODB_JOBS_TABLE": "airunner_jobs",
                 "AIRUNNER_TOKEN_SIGNING_SECRET": "s",
+                "AIRUNNER_DEFAULT_VISIBILITY_TIMEOUT": "1e3",
             },
             ["--no-auth"],
-            "failed to create SQS store: the SQS/DynamoDB store is not available",
+            "failed to create SQS store: AIRUNNER_DEFAULT_VISIBILITY_TIMEOUT must be a whole",
         ),
         (
             {"AIRUNNER_DEFAULT_VISIBILITY_TIMEOUT": "soon"},
@@ -132,7 +133,16 @@ async def server_process(*args: str, **env: str) -> AsyncIterator[ServerProcess]
         async with trio.open_nursery() as nursery:
             with trio.fail_after(30):
                 await nursery.start(read_log)
-            yield running
+            try:
+                yield running
+            finally:
+                # The log reader ends when the process does.
+                if process.returncode is None:
+                    process.send_signal(signal.SIGTERM)
+                    with trio.move_on_after(20):
+                        await process.wait()
+                if process.returncode is None:
+                    process.kill()
     finally:
         if process.returncode is None:
             process.kill()

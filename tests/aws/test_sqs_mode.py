@@ -1,0 +1,99 @@
+"""airunner-server in sqs mode on moto's server: startup checks, and real jobs end to end."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.e2e.test_commands import server_process
+from tests.helpers import clean_env, tool
+
+from .test_init_aws import exports, init_aws
+
+
+@pytest.fixture
+def sqs_env(aws_env: dict[str, str]) -> dict[str, str]:
+    name = f"mode-{uuid.uuid4().hex[:8]}"
+    done = init_aws(
+        aws_env,
+        "--environment",
+        name,
+        "--jobs-table",
+        f"jobs-{name}",
+        "--events-table",
+        f"events-{name}",
+    )
+    assert done.returncode == 0, done.stderr
+    return aws_env | exports(done.stdout) | {"AIRUNNER_TOKEN_SIGNING_SECRET": "secret"}
+
+
+def test_missing_table_is_one_line(sqs_env: dict[str, str]) -> None:
+    env = sqs_env | {"AIRUNNER_DYNAMODB_JOBS_TABLE": "no-such-table"}
+    done = subprocess.run(
+        [tool("airunner-server"), "rpc-server", "--no-auth", "--listen", "127.0.0.1:0"],
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("airunner-server: error: failed to create SQS store:")
+    assert "Traceback" not in done.stderr
+
+
+@pytest.fixture
+async def sqs_server(sqs_env: dict[str, str]) -> AsyncIterator[str]:
+    async with server_process("--no-auth", **sqs_env) as server:
+        assert any(line.endswith("Using SQS/DynamoDB job store") for line in server.log)
+        yield server.url
+
+
+async def cli(url: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    split = args.index("--") if "--" in args else len(args)
+    return await trio.run_process(
+        [tool("airunner-cli"), *args[:split], "--server", url, *args[split:]],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        env=clean_env(),
+    )
+
+
+async def test_jobs_run_end_to_end_in_sqs_mode(sqs_server: str, tmp_path: Path) -> None:
+    worker = await trio.lowlevel.open_process(
+        [tool("airunner-cli"), "worker", "--server", sqs_server, "--work-dir", str(tmp_path)],
+        env=clean_env(),
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        done = await cli(sqs_server, "submit", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+        assert done.returncode == 3, done.stderr
+        assert done.stdout == b"out\n"
+        assert b"err\n" in done.stderr
+
+        program = (
+            "import sys\nfor i in range(2048): sys.stdout.buffer.write(bytes([i % 256]) * 1024)\n"
+        )
+        live = await cli(sqs_server, "submit", "--", sys.executable, "-c", program)
+        assert live.returncode == 0, live.stderr[-2000:]
+        assert len(live.stdout) == 2048 * 1024
+        job_id = live.stderr.split(b"job ", 1)[1].split(b" ", 1)[0].decode()
+        replay = await cli(sqs_server, "monitor", job_id)
+        assert replay.returncode == 0
+        assert hashlib.sha256(replay.stdout).digest() == hashlib.sha256(live.stdout).digest()
+
+        listed = await cli(sqs_server, "list", "--queue", "default", "--json")
+        assert listed.returncode == 0
+        assert len(listed.stdout.strip().splitlines()) == 2
+    finally:
+        worker.kill()
+        await worker.wait()
