@@ -2,17 +2,54 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import boto3
 import pytest
+import trio
 
+from airunner.aws import AwsClients, open_aws_clients
+from airunner.store._sqs import SQSJobStore
+from airunner.store._sqs_schema import Resources, create_resources
 from tests.helpers import clean_env, tool
+
+_names = itertools.count()
+
+
+@asynccontextmanager
+async def open_sqs_store(
+    *, token_secret: bytes = b"contract-secret"
+) -> AsyncIterator[tuple[SQSJobStore, AwsClients, Resources]]:
+    """An SQS/DynamoDB store on fresh queues and tables, its actors running.
+
+    Needs the ``aws_env`` fixture (moto's server).
+    """
+    name = f"t{next(_names)}-{uuid.uuid4().hex[:8]}"
+    async with open_aws_clients() as aws:
+        resources = await create_resources(
+            aws, environment=name, jobs_table=f"jobs-{name}", events_table=f"events-{name}"
+        )
+        store = SQSJobStore(
+            aws,
+            queue_urls=resources.queue_urls,
+            jobs_table=resources.jobs_table,
+            events_table=resources.events_table,
+            default_visibility_timeout=300,
+            token_secret=token_secret,
+        )
+        async with trio.open_nursery() as actors:
+            for actor in store.actors():
+                await actors.start(actor.run)
+            yield store, aws, resources
+            actors.cancel_scope.cancel()
 
 
 def _free_port() -> int:

@@ -9,21 +9,16 @@ timeouts, and ``slack`` says how late their timers may fire.
 
 from __future__ import annotations
 
-import itertools
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 import trio
 import trio.testing
 
-from airunner.aws import open_aws_clients
 from airunner.store import JobStore, MemoryJobStore
-from airunner.store._sqs import SQSJobStore
-from airunner.store._sqs_schema import create_resources
+from tests.conftest import open_sqs_store
 
 STORES = ["memory", "sqs"]
-_names = itertools.count()
 # Small, so that the overflow case needs few events.
 SUBSCRIBER_BUFFER = 8
 POLL = 5.0
@@ -61,21 +56,5 @@ async def store(
         return
     # Fresh queues and tables on moto's server for every test.
     request.getfixturevalue("aws_env")
-    name = f"c{next(_names)}-{uuid.uuid4().hex[:8]}"
-    async with open_aws_clients() as aws:
-        resources = await create_resources(
-            aws, environment=name, jobs_table=f"jobs-{name}", events_table=f"events-{name}"
-        )
-        made = SQSJobStore(
-            aws,
-            queue_urls=resources.queue_urls,
-            jobs_table=resources.jobs_table,
-            events_table=resources.events_table,
-            default_visibility_timeout=300,
-            token_secret=b"contract-secret",
-        )
-        async with trio.open_nursery() as actors:
-            for actor in made.actors():
-                await actors.start(actor.run)
-            yield made
-            actors.cancel_scope.cancel()
+    async with open_sqs_store() as (sqs_store, _, _):
+        yield sqs_store

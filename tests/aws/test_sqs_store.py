@@ -1,0 +1,115 @@
+"""What only the SQS/DynamoDB store has: messages, receipts, dead letters, batch limits."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+import trio
+
+from airunner.api.job.v1.job_pb import JobState
+from airunner.store import InvalidArgument, TaskTokenSigner
+from tests.conftest import open_sqs_store
+from tests.helpers import output_event, params, request_id, result, start_event
+
+SECRET = b"sqs-store-tests"
+
+
+async def _receive_all(aws: Any, url: str) -> list[dict[str, Any]]:
+    response = await aws.sqs.receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0
+    )
+    return list(response.get("Messages", []))
+
+
+async def test_poison_messages_are_deleted_and_never_stop_the_poller(
+    aws_env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with open_sqs_store(token_secret=SECRET) as (store, aws, resources):
+        url = resources.queue_urls["default"]
+        for body in (
+            "not json",
+            json.dumps({"job_id": "01900000-0000-7000-8000-000000000000"}),
+            "[]",
+        ):
+            await aws.sqs.send_message(QueueUrl=url, MessageBody=body)
+        job = await store.enqueue_job(request_id(), "default", params())
+        delivery = await store.dequeue_job("default", 60, deadline=trio.current_time() + 15)
+        assert delivery is not None
+        assert delivery.job.job_id == job.job_id
+        # Nothing is left: the poison messages were deleted, the job's message is in flight.
+        assert await _receive_all(aws, url) == []
+    assert caplog.text.count("deleting a poison message") == 3
+
+
+async def test_message_of_a_finished_job_is_dropped(aws_env: dict[str, str]) -> None:
+    async with open_sqs_store(token_secret=SECRET) as (store, aws, resources):
+        url = resources.queue_urls["default"]
+        job = await store.enqueue_job(request_id(), "default", params())
+        delivery = await store.dequeue_job("default", 60, deadline=trio.current_time() + 15)
+        assert delivery is not None
+        await store.complete_job(delivery.task_token, result(job.job_id))
+        # A duplicate of its message, as SQS may deliver one.
+        body = {"job_id": job.job_id, "queue": "default", "attempt": 0}
+        await aws.sqs.send_message(QueueUrl=url, MessageBody=json.dumps(body))
+        assert await store.dequeue_job("default", 60, deadline=trio.current_time() + 3) is None
+        assert await _receive_all(aws, url) == []
+        assert (await store.get_job(job.job_id)).state == JobState.COMPLETED
+
+
+async def test_running_job_whose_message_reappears_is_delivered_again(
+    aws_env: dict[str, str],
+) -> None:
+    async with open_sqs_store(token_secret=SECRET) as (store, aws, resources):
+        url = resources.queue_urls["default"]
+        job = await store.enqueue_job(request_id(), "default", params())
+        first = await store.dequeue_job("default", 600, deadline=trio.current_time() + 15)
+        assert first is not None
+        receipt = TaskTokenSigner(SECRET).verify(first.task_token).receipt_handle
+        # SQS shows the message again (a lost ChangeMessageVisibility, say).
+        await aws.sqs.change_message_visibility(
+            QueueUrl=url, ReceiptHandle=receipt, VisibilityTimeout=0
+        )
+        second = await store.dequeue_job("default", 600, deadline=trio.current_time() + 15)
+        assert second is not None
+        assert second.job.job_id == job.job_id
+        assert TaskTokenSigner(SECRET).verify(second.task_token).attempt == 2
+        with pytest.raises(InvalidArgument, match="no longer current"):
+            await store.complete_job(first.task_token, result(job.job_id))
+        await store.complete_job(second.task_token, result(job.job_id))
+
+
+async def test_message_received_three_times_lands_in_the_dead_letter_queue(
+    aws_env: dict[str, str],
+) -> None:
+    async with open_sqs_store(token_secret=SECRET) as (_, aws, resources):
+        url = resources.queue_urls["default"]
+        await aws.sqs.send_message(QueueUrl=url, MessageBody="a message nobody deletes")
+        for _ in range(3):
+            got = await aws.sqs.receive_message(
+                QueueUrl=url, VisibilityTimeout=0, WaitTimeSeconds=1
+            )
+            assert len(got.get("Messages", [])) == 1
+        assert await _receive_all(aws, url) == []
+        dead = await _receive_all(aws, resources.dead_letter_queue_urls["default"])
+        assert [m["Body"] for m in dead] == ["a message nobody deletes"]
+
+
+async def test_events_are_written_25_items_per_batch_at_most(aws_env: dict[str, str]) -> None:
+    async with open_sqs_store(token_secret=SECRET) as (store, aws, _):
+        calls: list[int] = []
+
+        def count(params: dict[str, Any], **_: Any) -> None:
+            calls.append(sum(len(items) for items in params["RequestItems"].values()))
+
+        aws.dynamodb.meta.events.register("provide-client-params.dynamodb.BatchWriteItem", count)
+        await store.enqueue_job(request_id(), "default", params())
+        delivery = await store.dequeue_job("default", 600, deadline=trio.current_time() + 15)
+        assert delivery is not None
+        events = [start_event(1)] + [output_event(n) for n in range(2, 61)]
+        await store.publish_events(delivery.task_token, events)
+        # moto would take 60 items in one call; DynamoDB takes 25.
+        assert calls == [25, 25, 10]
