@@ -1,0 +1,115 @@
+"""Throttled DynamoDB calls, injected by a proxy in front of moto: survived, nothing lost."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import hypercorn.trio
+import pytest
+import trio
+from hypercorn.config import Config
+
+from airunner.api.job.v1.job_pb import JobState
+from airunner.store import EventQuery
+from tests.conftest import open_sqs_store
+from tests.helpers import end_event, output_event, params, request_id, result, start_event
+
+_THROTTLED = json.dumps(
+    {"__type": "com.amazonaws.dynamodb.v20120810#ThrottlingException", "message": "Rate exceeded"}
+).encode()
+
+
+class ThrottlingProxy:
+    """Forwards AWS calls to moto, answering every other DynamoDB call with a throttle."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.dynamodb_calls = 0
+        self.throttled = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = [(k.decode(), v.decode()) for k, v in scope["headers"] if k != b"host"]
+        target = dict(headers).get("x-amz-target", "")
+        if target.startswith("DynamoDB_"):
+            self.dynamodb_calls += 1
+            if self.dynamodb_calls % 2 == 0:
+                self.throttled += 1
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 400,
+                        "headers": [(b"content-type", b"application/x-amz-json-1.0")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": _THROTTLED})
+                return
+        query = scope["query_string"].decode()
+        # A request may name its target in absolute form; keep only the path.
+        path = urlsplit(scope["path"]).path or "/"
+        url = f"{self.upstream}{path}" + (f"?{query}" if query else "")
+        async with httpx.AsyncClient() as client:
+            response = await client.request(scope["method"], url, headers=headers, content=body)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status_code,
+                "headers": [
+                    (k.encode(), v.encode())
+                    for k, v in response.headers.items()
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection")
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": response.content})
+
+
+@pytest.fixture
+async def proxy(
+    aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[ThrottlingProxy]:
+    app = ThrottlingProxy(aws_env["AWS_ENDPOINT_URL"])
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    done = trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(
+            lambda task_status: hypercorn.trio.serve(
+                app, config, shutdown_trigger=done.wait, task_status=task_status
+            )
+        )
+        monkeypatch.setenv("AWS_ENDPOINT_URL", binds[0])
+        yield app
+        done.set()
+
+
+async def test_a_job_and_its_events_survive_throttling(proxy: ThrottlingProxy) -> None:
+    async with open_sqs_store() as (store, _, _):
+        job = await store.enqueue_job(request_id(), "default", params())
+        delivery = await store.dequeue_job("default", 600, deadline=trio.current_time() + 15)
+        assert delivery is not None
+        events = [start_event(1), *(output_event(n) for n in range(2, 60)), end_event(60)]
+        await store.publish_events(delivery.task_token, events)
+        await store.complete_job(delivery.task_token, result(job.job_id))
+        async with store.subscribe_events(job.job_id, EventQuery()) as stream:
+            stored = []
+            while (event := await stream.receive()) is not None:
+                stored.append(event.sequence)
+        assert stored == list(range(1, 61))
+        assert (await store.get_job(job.job_id)).state == JobState.COMPLETED
+    assert proxy.throttled >= 5
