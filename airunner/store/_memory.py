@@ -236,10 +236,7 @@ class MemoryJobStore:
             and record.result is not None
         ):
             # A retried CompleteJob whose first answer was lost.
-            if (record.result.success, record.result.exit_code) == (
-                result.success,
-                result.exit_code,
-            ):
+            if rules.same_result(record.result, result):
                 return
             raise InvalidArgument("the job was already completed with another result")
         _, record = self._current(task_token)

@@ -131,6 +131,11 @@ def check_result(result: JobResult | None, token: TaskToken) -> JobResult:
     return result
 
 
+def same_result(stored: JobResult, retried: JobResult) -> bool:
+    """Whether a CompleteJob repeats the one recorded (its answer was lost)."""
+    return (stored.success, stored.exit_code) == (retried.success, retried.exit_code)
+
+
 def check_events(events: Sequence[JobEvent]) -> None:
     for event in events:
         if event.sequence < 1:

@@ -310,33 +310,47 @@ class SQSJobStore:
         telemetry.jobs_visibility_updates.add(1, {"queue": queue})
 
     async def _set_visibility(self, token: TaskToken, seconds: int, state: JobState) -> None:
-        now_ms = _now_ms()
+        await self._update_current(
+            token,
+            "SET visible_until = :until, #state = :state",
+            {":until": {"N": str(_now_ms() + seconds * 1000)}, ":state": {"N": str(int(state))}},
+        )
         try:
             with _aws_errors():
-                await self._aws.dynamodb.update_item(
-                    TableName=self._jobs_table,
-                    Key={"job_id": {"S": token.job_id}},
-                    UpdateExpression=(
-                        "SET visible_until = :until, #state = :state, updated_at = :now"
-                    ),
-                    ConditionExpression=(
-                        "attempt = :attempt AND #state = :running AND visible_until > :now"
-                    ),
-                    ExpressionAttributeNames={"#state": "state"},
-                    ExpressionAttributeValues={
-                        ":until": {"N": str(now_ms + seconds * 1000)},
-                        ":state": {"N": str(int(state))},
-                        ":attempt": {"N": str(token.attempt)},
-                        ":running": {"N": str(int(JobState.RUNNING))},
-                        ":now": {"N": str(now_ms)},
-                    },
-                )
                 await self._aws.sqs.change_message_visibility(
                     QueueUrl=self._urls[token.queue],
                     ReceiptHandle=token.receipt_handle,
                     VisibilityTimeout=seconds,
                 )
-        except (_ConditionFailed, _ReceiptExpired):
+        except _ReceiptExpired:
+            raise _not_current() from None
+
+    async def _update_current(
+        self,
+        token: TaskToken,
+        update: str,
+        values: dict[str, Any],
+        names: dict[str, str] | None = None,
+    ) -> None:
+        """Update the job item only while the token's delivery is current."""
+        try:
+            with _aws_errors():
+                await self._aws.dynamodb.update_item(
+                    TableName=self._jobs_table,
+                    Key={"job_id": {"S": token.job_id}},
+                    UpdateExpression=update + ", updated_at = :now",
+                    ConditionExpression=(
+                        "attempt = :attempt AND #state = :running AND visible_until > :now"
+                    ),
+                    ExpressionAttributeNames={"#state": "state", **(names or {})},
+                    ExpressionAttributeValues={
+                        **values,
+                        ":attempt": {"N": str(token.attempt)},
+                        ":running": {"N": str(int(JobState.RUNNING))},
+                        ":now": {"N": str(_now_ms())},
+                    },
+                )
+        except _ConditionFailed:
             raise _not_current() from None
 
     async def complete_job(self, task_token: str, result: JobResult | None) -> None:
@@ -348,34 +362,16 @@ class SQSJobStore:
         state = JobState(int(item["state"]["N"]))
         if state in FINAL_STATES and int(item["attempt"]["N"]) == token.attempt:
             stored = JobResult.from_json(item["result"]["S"]) if "result" in item else None
-            if stored is not None and (stored.success, stored.exit_code) == (
-                result.success,
-                result.exit_code,
-            ):
+            if stored is not None and rules.same_result(stored, result):
                 return
             raise InvalidArgument("the job was already completed with another result")
         final = JobState.COMPLETED if result.success else JobState.FAILED
-        now_ms = _now_ms()
-        try:
-            with _aws_errors():
-                await self._aws.dynamodb.update_item(
-                    TableName=self._jobs_table,
-                    Key={"job_id": {"S": token.job_id}},
-                    UpdateExpression="SET #state = :final, #result = :result, updated_at = :now",
-                    ConditionExpression=(
-                        "attempt = :attempt AND #state = :running AND visible_until > :now"
-                    ),
-                    ExpressionAttributeNames={"#state": "state", "#result": "result"},
-                    ExpressionAttributeValues={
-                        ":final": {"N": str(int(final))},
-                        ":result": {"S": result.to_json()},
-                        ":attempt": {"N": str(token.attempt)},
-                        ":running": {"N": str(int(JobState.RUNNING))},
-                        ":now": {"N": str(now_ms)},
-                    },
-                )
-        except _ConditionFailed:
-            raise _not_current() from None
+        await self._update_current(
+            token,
+            "SET #state = :final, #result = :result",
+            {":final": {"N": str(int(final))}, ":result": {"S": result.to_json()}},
+            {"#result": "result"},
+        )
         try:
             with _aws_errors():
                 await self._aws.sqs.delete_message(
@@ -628,7 +624,7 @@ def _aws_errors() -> Iterator[None]:
             raise _ReceiptExpired() from None
         if code in _THROTTLING:
             raise ResourceExhausted("the backend is throttling requests; retry later") from None
-        log.warning("AWS call failed: %s", code or e)
+        log.warning("AWS call failed: %s", e)
         raise Unavailable(f"the backend failed ({code or 'error'}); retry later") from None
     except BotoCoreError as e:
         log.warning("AWS call failed: %s", e)
