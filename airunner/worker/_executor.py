@@ -7,6 +7,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -152,13 +154,11 @@ class JobExecutor:
         # Stopping the worker cuts a long checkout short too.
         cwd: Path | None = None
         checkout_error = ""
-        async with trio.open_nursery() as guard:
-            guard.start_soon(self._cancel_on_kill, guard.cancel_scope)
+        async with self._until_killed():
             try:
                 cwd = await checkout(self._params, workspace / "checkout")
             except CheckoutError as e:
                 checkout_error = f"checkout failed: {e}"
-            guard.cancel_scope.cancel()
         if checkout_error:
             return await self._fail(publisher, sequences, started_at, checkout_error)
         if cwd is None:
@@ -178,8 +178,7 @@ class JobExecutor:
         spawn_error = ""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(batcher.run, chunks_receive)
-            async with trio.open_nursery() as guard:
-                guard.start_soon(self._cancel_on_kill, guard.cancel_scope)
+            async with self._until_killed():
                 try:
                     outcome = await run_command(
                         [self._params.command, *self._params.args],
@@ -193,7 +192,6 @@ class JobExecutor:
                     )
                 except SpawnError as e:
                     spawn_error = str(e)
-                guard.cancel_scope.cancel()
         # The output channel is closed on every path, so the batcher has sent
         # the last output before the final event below.
         if spawn_error:
@@ -211,6 +209,14 @@ class JobExecutor:
             )
         await publisher.publish(_end_event(sequences.take(), outcome))
         return self._result(started_at, outcome.exit_code, "")
+
+    @asynccontextmanager
+    async def _until_killed(self) -> AsyncIterator[None]:
+        """Run the body until it ends or ``kill`` is set, whichever comes first."""
+        async with trio.open_nursery() as guard:
+            guard.start_soon(self._cancel_on_kill, guard.cancel_scope)
+            yield
+            guard.cancel_scope.cancel()
 
     async def _cancel_on_kill(self, scope: trio.CancelScope) -> None:
         await self._kill.wait()
