@@ -7,9 +7,17 @@ import socket
 import trio
 
 from airunner.client import AirunnerClient
-from airunner.store import EventQuery, MemoryJobStore
+from airunner.store import Delivery, EventQuery, MemoryJobStore
 from airunner.worker import EventPublisher
-from tests.helpers import end_event, eventually, output_event, params, request_id, start_event
+from tests.helpers import (
+    end_event,
+    eventually,
+    output_event,
+    params,
+    request_id,
+    result,
+    start_event,
+)
 
 from .conftest import run_server
 
@@ -20,13 +28,18 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def test_events_survive_a_server_restart_without_loss_or_duplicates() -> None:
+async def _running_job() -> tuple[MemoryJobStore, Delivery, str]:
+    """A store with one delivered job, and a free address to serve it on."""
     store = MemoryJobStore(token_secret=b"e2e-secret")
-    job = await store.enqueue_job(request_id(), "default", params())
+    await store.enqueue_job(request_id(), "default", params())
     delivery = await store.dequeue_job("default", 600, deadline=trio.current_time() + 1)
     assert delivery is not None
-    record = store._jobs[job.job_id]
-    listen = f"127.0.0.1:{_free_port()}"
+    return store, delivery, f"127.0.0.1:{_free_port()}"
+
+
+async def test_events_survive_a_server_restart_without_loss_or_duplicates() -> None:
+    store, delivery, listen = await _running_job()
+    record = store._jobs[delivery.job.job_id]
     done = trio.Event()
     async with AirunnerClient(f"http://{listen}") as client, trio.open_nursery() as nursery:
         publisher = EventPublisher(client, delivery.task_token)
@@ -48,27 +61,17 @@ async def test_events_survive_a_server_restart_without_loss_or_duplicates() -> N
             with trio.fail_after(30):
                 await done.wait()
     assert publisher.lost_events == 0
-    await store.complete_job(delivery.task_token, _result(job.job_id))
-    async with store.subscribe_events(job.job_id, EventQuery()) as events:
+    await store.complete_job(delivery.task_token, result(delivery.job.job_id))
+    async with store.subscribe_events(delivery.job.job_id, EventQuery()) as events:
         sequences = []
         while (event := await events.receive()) is not None:
             sequences.append(event.sequence)
     assert sequences == [1, 2, 3, 4]
 
 
-def _result(job_id: str):  # type: ignore[no-untyped-def]
-    from tests.helpers import result
-
-    return result(job_id)
-
-
 async def test_output_past_the_retention_limit_is_counted_when_lost() -> None:
-    store = MemoryJobStore(token_secret=b"e2e-secret")
-    job = await store.enqueue_job(request_id(), "default", params())
-    delivery = await store.dequeue_job("default", 600, deadline=trio.current_time() + 1)
-    assert delivery is not None
-    record = store._jobs[job.job_id]
-    listen = f"127.0.0.1:{_free_port()}"
+    store, delivery, listen = await _running_job()
+    record = store._jobs[delivery.job.job_id]
     done = trio.Event()
     async with AirunnerClient(f"http://{listen}") as client, trio.open_nursery() as nursery:
         # Room to keep the start event and one output event for re-sending.
