@@ -2,6 +2,10 @@
 
 - ``HttpFront``: serves the ASGI app with Hypercorn; drains on shutdown.
 - ``VisibilitySweeper``: returns expired deliveries of the memory store to their queue.
+- ``QueuePoller`` (sqs, one per queue): long-polls SQS while dequeuers wait.
+- ``VisibilityExtender`` (sqs, one per queue): visibility changes in batch calls.
+- ``EventWriter`` (sqs): events of all jobs in BatchWriteItem calls.
+- ``EventTail`` (sqs): wakes subscribers when another replica stores news of their job.
 
 ``supervise`` runs an actor and applies its crash policy.
 """

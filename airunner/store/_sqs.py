@@ -22,7 +22,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 from protobuf.wkt import Timestamp
 
 from airunner import telemetry
+from airunner.actors._aws_failure import AwsCallFailed
+from airunner.actors._event_tail import INTERVAL_SECONDS, EventTail
+from airunner.actors._event_writer import EventWriter
 from airunner.actors._queue_poller import QueuePoller
+from airunner.actors._visibility_extender import VisibilityExtender
 from airunner.api.job.v1.job_pb import (
     ExecutionConfig,
     Job,
@@ -56,6 +60,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# SQS's answers to a receipt handle whose message was deleted or received again.
+_RECEIPT_EXPIRED = frozenset(
+    {"ReceiptHandleIsInvalid", "InvalidParameterValue", "MessageNotInflight"}
+)
 # Keys of the items that claim a request id for one job, in the jobs table.
 _CLAIM_PREFIX = "request#"
 _THROTTLING = frozenset(
@@ -67,13 +75,6 @@ _THROTTLING = frozenset(
         "OverLimit",
     }
 )
-# DynamoDB's limit of items per BatchWriteItem call.
-BATCH_WRITE_ITEMS = 25
-# Unprocessed items are retried this many times, with exponential backoff.
-BATCH_WRITE_ATTEMPTS = 3
-BATCH_WRITE_BACKOFF_SECONDS = 0.1
-# Subscribers read again at least this often, for events stored by other replicas.
-TAIL_INTERVAL_SECONDS = 1.0
 # How long a delivery in the making may take once its message was received,
 # even if the dequeuer is cancelled meanwhile.
 _DELIVERY_SECONDS = 10.0
@@ -91,6 +92,7 @@ class SQSJobStore:
             dequeuer does not say.
         token_secret: HMAC secret for task tokens, the same on every replica.
         events_ttl_days: Days events are kept (DynamoDB TTL); 0 keeps them.
+        tail_interval: Seconds between looks for news that other replicas stored.
     """
 
     def __init__(
@@ -103,18 +105,30 @@ class SQSJobStore:
         default_visibility_timeout: int,
         token_secret: bytes,
         events_ttl_days: int = 0,
+        tail_interval: float = INTERVAL_SECONDS,
     ) -> None:
         self._aws = aws
         self._urls = dict(queue_urls)
         self._jobs_table = jobs_table
         self._events_table = events_table
         self._events_ttl_seconds = events_ttl_days * 86400
-        # Wakes this replica's subscribers of a job when it publishes or finishes;
-        # events from other replicas reach them within TAIL_INTERVAL_SECONDS.
+        # Wakes this replica's subscribers of a job when it publishes or finishes
+        # it, or when the event tail sees another replica do so.
         self._changed: dict[str, trio.Event] = {}
         self._default_visibility = default_visibility_timeout
         self._signer = TaskTokenSigner(token_secret)
         self._pollers = {name: QueuePoller(aws.sqs, name, url) for name, url in self._urls.items()}
+        self._extenders = {
+            name: VisibilityExtender(aws.sqs, name, url) for name, url in self._urls.items()
+        }
+        self._writer = EventWriter(aws.dynamodb, events_table)
+        self._tail = EventTail(
+            aws.dynamodb,
+            jobs_table=jobs_table,
+            events_table=events_table,
+            wake=self._wake,
+            interval=tail_interval,
+        )
 
     async def check_resources(self) -> None:
         """Fail now, not at the first request, if a queue or table is missing.
@@ -132,7 +146,12 @@ class SQSJobStore:
         return self._urls.keys()
 
     def actors(self) -> Sequence[Actor]:
-        return list(self._pollers.values())
+        return [
+            *self._pollers.values(),
+            *self._extenders.values(),
+            self._writer,
+            self._tail,
+        ]
 
     # Jobs.
 
@@ -271,9 +290,7 @@ class SQSJobStore:
                         ":base": {"N": str(base)},
                     },
                 )
-                await self._aws.sqs.change_message_visibility(
-                    QueueUrl=self._urls[queue], ReceiptHandle=receipt, VisibilityTimeout=visibility
-                )
+                await self._extenders[queue].change(receipt, visibility)
         except _ConditionFailed:
             # Another replica delivered this job meanwhile (SQS can hand a
             # message out twice); that delivery stands.
@@ -317,11 +334,7 @@ class SQSJobStore:
         )
         try:
             with _aws_errors():
-                await self._aws.sqs.change_message_visibility(
-                    QueueUrl=self._urls[token.queue],
-                    ReceiptHandle=token.receipt_handle,
-                    VisibilityTimeout=seconds,
-                )
+                await self._extenders[token.queue].change(token.receipt_handle, seconds)
         except _ReceiptExpired:
             raise _not_current() from None
 
@@ -462,7 +475,7 @@ class SQSJobStore:
         expires = (
             str(now_ms // 1000 + self._events_ttl_seconds) if self._events_ttl_seconds else ""
         )
-        requests: dict[int, Any] = {}
+        items: dict[int, dict[str, Any]] = {}
         for event in events:
             stored = rebased(event, base)
             if stored.timestamp is None:
@@ -476,31 +489,12 @@ class SQSJobStore:
             }
             if expires:
                 put["ttl"] = {"N": expires}
-            # A sequence sent twice in one call is one item (BatchWriteItem refuses duplicates).
-            requests[stored.sequence] = {"PutRequest": {"Item": put}}
-        await self._batch_write(list(requests.values()))
-        telemetry.events_persisted.add(len(requests), {"queue": token.queue})
+            # A sequence sent twice in one call is one item, the later.
+            items[stored.sequence] = put
+        with _aws_errors():
+            await self._writer.write(list(items.values()))
+        telemetry.events_persisted.add(len(items), {"queue": token.queue})
         self._wake(token.job_id)
-
-    async def _batch_write(self, requests: list[Any]) -> None:
-        """Write items in BatchWriteItem calls of at most 25, retrying unprocessed ones."""
-        for start in range(0, len(requests), BATCH_WRITE_ITEMS):
-            pending = requests[start : start + BATCH_WRITE_ITEMS]
-            for attempt in range(BATCH_WRITE_ATTEMPTS):
-                with _aws_errors():
-                    response = await self._aws.dynamodb.batch_write_item(
-                        RequestItems={self._events_table: pending}
-                    )
-                pending = list(response.get("UnprocessedItems", {}).get(self._events_table, []))
-                if not pending:
-                    break
-                telemetry.dynamodb_batch_retries.add(1, {"operation": "BatchWriteItem"})
-                await trio.sleep(BATCH_WRITE_BACKOFF_SECONDS * 2**attempt)
-            else:
-                raise ResourceExhausted(
-                    f"{len(pending)} events were not stored after "
-                    f"{BATCH_WRITE_ATTEMPTS} attempts; retry"
-                )
 
     async def _last_sequence(self, job_id: str) -> int:
         """The last sequence the job's stored events cover (0 without events)."""
@@ -556,18 +550,20 @@ class SQSJobStore:
         await self.get_job(job_id)
         telemetry.streams_active.add(1)
         try:
-            yield _EventTail(self, job_id, query)
+            with self._tail.watching(job_id):
+                yield _Subscription(self, job_id, query)
         finally:
             telemetry.streams_active.add(-1)
 
 
-class _EventTail:
+class _Subscription:
     """A subscriber that reads the events table from where it left off.
 
-    It reads again when this replica stores events of the job, and at least
-    every TAIL_INTERVAL_SECONDS for events stored by other replicas. Reading
-    by sequence from the last one returned leaves no gap and no duplicate
-    between history and live events; a slow reader holds no buffer at all.
+    It reads again when the job changes: at once when this replica stores its
+    events or finishes it, and at the event tail's next look when another
+    replica does. Reading by sequence from the last one returned leaves no gap
+    and no duplicate between history and live events; a slow reader holds no
+    buffer at all.
     """
 
     def __init__(self, store: SQSJobStore, job_id: str, query: EventQuery) -> None:
@@ -592,8 +588,7 @@ class _EventTail:
             elif final:
                 self._ended = True
             else:
-                with trio.move_on_after(TAIL_INTERVAL_SECONDS):
-                    await changed.wait()
+                await changed.wait()
         return self._ready.pop(0)
 
 
@@ -614,13 +609,20 @@ def _aws_errors() -> Iterator[None]:
     """AWS failures (after botocore's retries) as store errors; conditions as markers."""
     try:
         yield
+    except AwsCallFailed as e:
+        # Reported by an actor, which logged the failure of the call itself.
+        if e.code in _RECEIPT_EXPIRED:
+            raise _ReceiptExpired() from None
+        if e.code in _THROTTLING or e.code == "UnprocessedItems":
+            raise ResourceExhausted(f"the backend is busy ({e.message}); retry later") from None
+        raise Unavailable(f"the backend failed ({e.code or 'unreachable'}); retry later") from None
     except ClientError as e:
         code = e.response.get("Error", {}).get("Code", "")
         if code == "TransactionCanceledException":
             raise _TransactionCancelled() from None
         if code == "ConditionalCheckFailedException":
             raise _ConditionFailed() from None
-        if code in ("ReceiptHandleIsInvalid", "InvalidParameterValue", "MessageNotInflight"):
+        if code in _RECEIPT_EXPIRED:
             raise _ReceiptExpired() from None
         if code in _THROTTLING:
             raise ResourceExhausted("the backend is throttling requests; retry later") from None
