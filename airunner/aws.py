@@ -13,11 +13,13 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiobotocore.config import AioConfig
 from aiobotocore.httpxsession import HttpxSession
 from aiobotocore.session import get_session
+
+from airunner import telemetry
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
@@ -29,6 +31,16 @@ MAX_ATTEMPTS = 5
 CONNECT_TIMEOUT_SECONDS = 5.0
 # Longer than SQS's longest long poll (20 s), so a receive is never cut short.
 READ_TIMEOUT_SECONDS = 30.0
+# AWS's error codes for "too many requests".
+THROTTLING_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "RequestThrottled",
+        "OverLimit",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -57,4 +69,20 @@ async def open_aws_clients() -> AsyncIterator[AwsClients]:
         dynamodb = await stack.enter_async_context(
             session.create_client("dynamodb", region_name=region, config=config)
         )
+        dynamodb.meta.events.register("after-call.dynamodb", _count_operation)
+        dynamodb.meta.events.register("needs-retry.dynamodb", _count_throttle)
         yield AwsClients(sqs=sqs, dynamodb=dynamodb)
+
+
+def _count_operation(model: Any, **_: Any) -> None:
+    """botocore hook: one DynamoDB call made (its retries included), by operation."""
+    telemetry.dynamodb_operations.add(1, {"operation": model.name})
+
+
+def _count_throttle(response: Any, operation: Any, **_: Any) -> None:
+    """botocore hook, after each attempt: count the throttled ones, by operation."""
+    if response is None:
+        return
+    code = response[1].get("Error", {}).get("Code", "")
+    if code in THROTTLING_CODES:
+        telemetry.dynamodb_throttles.add(1, {"operation": operation.name})

@@ -50,6 +50,13 @@ messages_dropped = _meter.create_counter(
     "airunner.queue.messages.dropped.total",
     description="SQS messages deleted without a delivery: poison, or a finished job",
 )
+dynamodb_operations = _meter.create_counter(
+    "airunner.dynamodb.operations.total", description="DynamoDB API calls, by operation"
+)
+dynamodb_throttles = _meter.create_counter(
+    "airunner.dynamodb.throttles.total",
+    description="DynamoDB attempts answered with a throttling error, by operation",
+)
 dynamodb_batch_retries = _meter.create_counter(
     "airunner.dynamodb.batch_retries.total",
     description="BatchWriteItem calls repeated for unprocessed items",

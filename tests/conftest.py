@@ -15,6 +15,9 @@ from contextlib import asynccontextmanager
 import boto3
 import pytest
 import trio
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from airunner.aws import AwsClients, open_aws_clients
 from airunner.store._sqs import SQSJobStore
@@ -50,6 +53,38 @@ async def open_sqs_store(
                 await actors.start(actor.run)
             yield store, aws, resources
             actors.cancel_scope.cancel()
+
+
+class Metrics:
+    """What airunner's instruments recorded in this process, read on demand."""
+
+    def __init__(self) -> None:
+        self._reader = InMemoryMetricReader()
+        metrics.set_meter_provider(MeterProvider(metric_readers=[self._reader]))
+
+    def totals(self, name: str) -> dict[frozenset[tuple[str, object]], float]:
+        """The metric's current values (cumulative since the session began), by attributes."""
+        data = self._reader.get_metrics_data()
+        totals: dict[frozenset[tuple[str, object]], float] = {}
+        for resource in data.resource_metrics if data else []:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name == name:
+                        for point in metric.data.data_points:
+                            attributes = frozenset((point.attributes or {}).items())
+                            totals[attributes] = getattr(point, "value", 0)
+        return totals
+
+    def total(self, name: str, **attributes: object) -> float:
+        """The sum over every point whose attributes include these."""
+        wanted = set(attributes.items())
+        return sum(v for k, v in self.totals(name).items() if wanted <= k)
+
+
+@pytest.fixture(scope="session")
+def recorded() -> Metrics:
+    """An OpenTelemetry SDK behind airunner's instruments (installed once per session)."""
+    return Metrics()
 
 
 def _free_port() -> int:

@@ -35,7 +35,7 @@ from airunner.api.job.v1.job_pb import (
     JobResult,
     JobState,
 )
-from airunner.aws import AwsClients
+from airunner.aws import THROTTLING_CODES, AwsClients
 
 from . import _rules as rules
 from ._contract import (
@@ -66,15 +66,6 @@ _RECEIPT_EXPIRED = frozenset(
 )
 # Keys of the items that claim a request id for one job, in the jobs table.
 _CLAIM_PREFIX = "request#"
-_THROTTLING = frozenset(
-    {
-        "ThrottlingException",
-        "ProvisionedThroughputExceededException",
-        "RequestLimitExceeded",
-        "RequestThrottled",
-        "OverLimit",
-    }
-)
 # How long a delivery in the making may take once its message was received,
 # even if the dequeuer is cancelled meanwhile.
 _DELIVERY_SECONDS = 10.0
@@ -613,7 +604,7 @@ def _aws_errors() -> Iterator[None]:
         # Reported by an actor, which logged the failure of the call itself.
         if e.code in _RECEIPT_EXPIRED:
             raise _ReceiptExpired() from None
-        if e.code in _THROTTLING or e.code == "UnprocessedItems":
+        if e.code in THROTTLING_CODES or e.code == "UnprocessedItems":
             raise ResourceExhausted(f"the backend is busy ({e.message}); retry later") from None
         raise Unavailable(f"the backend failed ({e.code or 'unreachable'}); retry later") from None
     except ClientError as e:
@@ -624,7 +615,7 @@ def _aws_errors() -> Iterator[None]:
             raise _ConditionFailed() from None
         if code in _RECEIPT_EXPIRED:
             raise _ReceiptExpired() from None
-        if code in _THROTTLING:
+        if code in THROTTLING_CODES:
             raise ResourceExhausted("the backend is throttling requests; retry later") from None
         log.warning("AWS call failed: %s", e)
         raise Unavailable(f"the backend failed ({code or 'error'}); retry later") from None

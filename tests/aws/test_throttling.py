@@ -15,7 +15,7 @@ from hypercorn.config import Config
 
 from airunner.api.job.v1.job_pb import JobState
 from airunner.store import EventQuery
-from tests.conftest import open_sqs_store
+from tests.conftest import Metrics, open_sqs_store
 from tests.helpers import end_event, output_event, params, request_id, result, start_event
 
 _THROTTLED = json.dumps(
@@ -98,7 +98,11 @@ async def proxy(
         done.set()
 
 
-async def test_a_job_and_its_events_survive_throttling(proxy: ThrottlingProxy) -> None:
+async def test_a_job_and_its_events_survive_throttling(
+    proxy: ThrottlingProxy, recorded: Metrics
+) -> None:
+    throttles = recorded.total("airunner.dynamodb.throttles.total")
+    writes = recorded.total("airunner.dynamodb.operations.total", operation="BatchWriteItem")
     async with open_sqs_store() as (store, _, _):
         job = await store.enqueue_job(request_id(), "default", params())
         delivery = await store.dequeue_job("default", 600, deadline=trio.current_time() + 15)
@@ -113,3 +117,9 @@ async def test_a_job_and_its_events_survive_throttling(proxy: ThrottlingProxy) -
         assert stored == list(range(1, 61))
         assert (await store.get_job(job.job_id)).state == JobState.COMPLETED
     assert proxy.throttled >= 5
+    # Each throttled attempt is counted, and each call once however often it was tried.
+    assert recorded.total("airunner.dynamodb.throttles.total") - throttles == proxy.throttled
+    assert (
+        recorded.total("airunner.dynamodb.operations.total", operation="BatchWriteItem") - writes
+        == 3
+    )
