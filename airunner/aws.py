@@ -31,6 +31,9 @@ MAX_ATTEMPTS = 5
 CONNECT_TIMEOUT_SECONDS = 5.0
 # Longer than SQS's longest long poll (20 s), so a receive is never cut short.
 READ_TIMEOUT_SECONDS = 30.0
+# Connections per client: concurrent requests (many jobs publishing, polls
+# in flight) must not queue behind botocore's default of 10.
+MAX_POOL_CONNECTIONS = 64
 # AWS's error codes for "too many requests".
 THROTTLING_CODES = frozenset(
     {
@@ -58,6 +61,7 @@ async def open_aws_clients() -> AsyncIterator[AwsClients]:
         retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
         read_timeout=READ_TIMEOUT_SECONDS,
+        max_pool_connections=MAX_POOL_CONNECTIONS,
     )
     # botocore reads AWS_DEFAULT_REGION; ECS and the seed set AWS_REGION.
     region = os.environ.get("AWS_REGION") or None
