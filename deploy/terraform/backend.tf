@@ -1,0 +1,155 @@
+# The seed's Phase 1: queues, tables and SSM parameters for AIRUNNER_STORE_TYPE=sqs.
+
+locals {
+  queue_visibility_timeout = 300
+  queue_receive_wait       = 20
+  queue_retention          = 1209600 # 14 days
+  max_receive_count        = 3
+}
+
+# SQS: a default and a priority queue, each with a dead-letter queue.
+
+resource "aws_sqs_queue" "default_dlq" {
+  name                       = "${local.name}-default-dlq"
+  visibility_timeout_seconds = local.queue_visibility_timeout
+  receive_wait_time_seconds  = local.queue_receive_wait
+  message_retention_seconds  = local.queue_retention
+  sqs_managed_sse_enabled    = true
+}
+
+resource "aws_sqs_queue" "default" {
+  name                       = "${local.name}-default"
+  visibility_timeout_seconds = local.queue_visibility_timeout
+  receive_wait_time_seconds  = local.queue_receive_wait
+  message_retention_seconds  = local.queue_retention
+  sqs_managed_sse_enabled    = true
+  redrive_policy = jsonencode({
+    deadLetterTargetArn = aws_sqs_queue.default_dlq.arn
+    maxReceiveCount     = local.max_receive_count
+  })
+}
+
+resource "aws_sqs_queue" "priority_dlq" {
+  name                       = "${local.name}-priority-dlq"
+  visibility_timeout_seconds = local.queue_visibility_timeout
+  receive_wait_time_seconds  = local.queue_receive_wait
+  message_retention_seconds  = local.queue_retention
+  sqs_managed_sse_enabled    = true
+}
+
+resource "aws_sqs_queue" "priority" {
+  name                       = "${local.name}-priority"
+  visibility_timeout_seconds = local.queue_visibility_timeout
+  receive_wait_time_seconds  = local.queue_receive_wait
+  message_retention_seconds  = local.queue_retention
+  sqs_managed_sse_enabled    = true
+  redrive_policy = jsonencode({
+    deadLetterTargetArn = aws_sqs_queue.priority_dlq.arn
+    maxReceiveCount     = local.max_receive_count
+  })
+}
+
+# DynamoDB: jobs (GSI1 lists a queue newest first, GSI2 finds a request id) and
+# job events (one item per event, expired by TTL).
+
+resource "aws_dynamodb_table" "jobs" {
+  name                        = "airunner_jobs${var.dynamodb_table_suffix}"
+  billing_mode                = "PAY_PER_REQUEST"
+  hash_key                    = "job_id"
+  deletion_protection_enabled = var.deletion_protection
+
+  attribute {
+    name = "job_id"
+    type = "S"
+  }
+
+  attribute {
+    name = "queue"
+    type = "S"
+  }
+
+  attribute {
+    name = "created_at"
+    type = "N"
+  }
+
+  attribute {
+    name = "request_id"
+    type = "S"
+  }
+
+  global_secondary_index {
+    name            = "GSI1"
+    hash_key        = "queue"
+    range_key       = "created_at"
+    projection_type = "ALL"
+  }
+
+  global_secondary_index {
+    name            = "GSI2"
+    hash_key        = "request_id"
+    projection_type = "KEYS_ONLY"
+  }
+
+  point_in_time_recovery {
+    enabled = true
+  }
+}
+
+resource "aws_dynamodb_table" "job_events" {
+  name                        = "airunner_job_events${var.dynamodb_table_suffix}"
+  billing_mode                = "PAY_PER_REQUEST"
+  hash_key                    = "job_id"
+  range_key                   = "sequence"
+  deletion_protection_enabled = var.deletion_protection
+
+  attribute {
+    name = "job_id"
+    type = "S"
+  }
+
+  attribute {
+    name = "sequence"
+    type = "N"
+  }
+
+  ttl {
+    attribute_name = "ttl"
+    enabled        = true
+  }
+
+  point_in_time_recovery {
+    enabled = true
+  }
+}
+
+# SSM: the task token signing secret, and the OTEL settings when they are given.
+
+resource "random_password" "token_signing_secret" {
+  length  = 32
+  special = false
+}
+
+resource "aws_ssm_parameter" "token_signing_secret" {
+  name        = "${local.ssm_prefix}/token-signing-secret"
+  description = "HMAC secret for airunner task tokens (AIRUNNER_TOKEN_SIGNING_SECRET)"
+  type        = "SecureString"
+  value       = random_password.token_signing_secret.result
+}
+
+resource "aws_ssm_parameter" "otel_exporter_endpoint" {
+  count       = var.otel_exporter_endpoint != "" ? 1 : 0
+  name        = "${local.ssm_prefix}/otel-exporter-endpoint"
+  description = "OTEL_EXPORTER_OTLP_ENDPOINT for the airunner server"
+  type        = "SecureString"
+  value       = var.otel_exporter_endpoint
+}
+
+resource "aws_ssm_parameter" "otel_exporter_headers" {
+  # The headers hold an API key: the variable is sensitive, whether it is set is not.
+  count       = nonsensitive(var.otel_exporter_headers != "") ? 1 : 0
+  name        = "${local.ssm_prefix}/otel-exporter-headers"
+  description = "OTEL_EXPORTER_OTLP_HEADERS for the airunner server"
+  type        = "SecureString"
+  value       = var.otel_exporter_headers
+}
