@@ -24,7 +24,9 @@ def clean(value: Any) -> Any:
     """hcl2's output without its quoting and bookkeeping keys."""
     if isinstance(value, dict):
         return {
-            clean(k): clean(v) for k, v in value.items() if k not in ("__is_block__", "__comments__")
+            clean(k): clean(v)
+            for k, v in value.items()
+            if k not in ("__is_block__", "__comments__")
         }
     if isinstance(value, list):
         return [clean(v) for v in value]
@@ -65,9 +67,7 @@ class Module:
         whole = re.fullmatch(r"\$\{local\.(\w+)\}", value)
         if whole:
             return self.resolve(self.locals[whole[1]])
-        return re.sub(
-            r"\$\{local\.(\w+)\}", lambda m: str(self.resolve(self.locals[m[1]])), value
-        )
+        return re.sub(r"\$\{local\.(\w+)\}", lambda m: str(self.resolve(self.locals[m[1]])), value)
 
 
 def load(directory: Path = MODULE) -> Module:
