@@ -1,4 +1,4 @@
-"""AWS clients on trio: aiobotocore with its httpx backend.
+"""AWS clients on trio: aiobotocore with its httpx backend, traced and counted.
 
 aiobotocore's default aiohttp backend does not run under trio; its httpx backend
 does. Credentials come from the default chain (the ECS task role in
@@ -13,13 +13,13 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiobotocore.config import AioConfig
 from aiobotocore.httpxsession import HttpxSession
 from aiobotocore.session import get_session
 
-from airunner import telemetry
+from airunner.telemetry._aws import instrument
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
@@ -34,16 +34,6 @@ READ_TIMEOUT_SECONDS = 30.0
 # Connections per client: concurrent requests (many jobs publishing, polls
 # in flight) must not queue behind botocore's default of 10.
 MAX_POOL_CONNECTIONS = 64
-# AWS's error codes for "too many requests".
-THROTTLING_CODES = frozenset(
-    {
-        "ThrottlingException",
-        "ProvisionedThroughputExceededException",
-        "RequestLimitExceeded",
-        "RequestThrottled",
-        "OverLimit",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -73,20 +63,6 @@ async def open_aws_clients() -> AsyncIterator[AwsClients]:
         dynamodb = await stack.enter_async_context(
             session.create_client("dynamodb", region_name=region, config=config)
         )
-        dynamodb.meta.events.register("after-call.dynamodb", _count_operation)
-        dynamodb.meta.events.register("needs-retry.dynamodb", _count_throttle)
+        for client in (sqs, dynamodb):
+            instrument(client)
         yield AwsClients(sqs=sqs, dynamodb=dynamodb)
-
-
-def _count_operation(model: Any, **_: Any) -> None:
-    """botocore hook: one DynamoDB call made (its retries included), by operation."""
-    telemetry.dynamodb_operations.add(1, {"operation": model.name})
-
-
-def _count_throttle(response: Any, operation: Any, **_: Any) -> None:
-    """botocore hook, after each attempt: count the throttled ones, by operation."""
-    if response is None:
-        return
-    code = response[1].get("Error", {}).get("Code", "")
-    if code in THROTTLING_CODES:
-        telemetry.dynamodb_throttles.add(1, {"operation": operation.name})

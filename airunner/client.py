@@ -15,6 +15,7 @@ every call at once on the trio side.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import ssl
 import threading
@@ -28,6 +29,7 @@ from urllib.parse import urlsplit
 import trio
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
+from connectrpc_otel import OpenTelemetryInterceptor
 from pyqwest import SyncClient, SyncHTTPTransport
 
 from airunner.api.job.v1.job_connect import JobEventsServiceClientSync, JobServiceClientSync
@@ -103,9 +105,11 @@ class AirunnerClient:
         else:
             transport = SyncHTTPTransport()
         http = SyncClient(transport)
+        # A client span per call, its context sent along (W3C traceparent).
+        tracing = [OpenTelemetryInterceptor(client=True)]
         self._opened = (
-            JobServiceClientSync(self.server, http_client=http),
-            JobEventsServiceClientSync(self.server, http_client=http),
+            JobServiceClientSync(self.server, http_client=http, interceptors=tracing),
+            JobEventsServiceClientSync(self.server, http_client=http, interceptors=tracing),
         )
         return self
 
@@ -215,8 +219,12 @@ class AirunnerClient:
                 _deliver(send.aclose, token)
 
         # A thread of its own rather than a task's: the generator then holds no
-        # nursery or cancel scope across its yields.
-        trio.lowlevel.start_thread_soon(pump, lambda _: None, name="airunner stream")
+        # nursery or cancel scope across its yields. It runs in a copy of this
+        # task's context, so the call's span has this task's span as parent.
+        context = contextvars.copy_context()
+        trio.lowlevel.start_thread_soon(
+            partial(context.run, pump), lambda _: None, name="airunner stream"
+        )
         try:
             async for item in receive:
                 if isinstance(item, _Failure):

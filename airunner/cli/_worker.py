@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sys
 import tempfile
 from pathlib import Path
 
 import trio
 
+from airunner import telemetry
 from airunner.store._rules import MAX_VISIBILITY_TIMEOUT_SECONDS
 from airunner.worker import Worker, WorkerSettings
 
@@ -23,6 +23,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     worker = commands.add_parser(
         "worker", parents=[client_options()], help="take jobs from a queue and run them"
     )
+    telemetry.add_log_format_option(worker)
     worker.add_argument("--queue", default="default")
     worker.add_argument(
         "--visibility-timeout",
@@ -62,11 +63,7 @@ def run(args: argparse.Namespace) -> int:
         args.work_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CliError(f"cannot use --work-dir {args.work_dir}: {e.strerror}") from None
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    telemetry.configure_logging(args.log_format)
     settings = WorkerSettings(
         queue=args.queue,
         visibility_timeout=args.visibility_timeout,

@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from airunner import telemetry
+
 from . import _jobs, _token, _worker
 from ._common import CliError
 
@@ -13,7 +15,15 @@ from ._common import CliError
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        return int(args.run(args))
+        if args.command == "worker":
+            # The worker's spans are per job, each in its submitter's trace.
+            with telemetry.enabled("airunner-worker"):
+                return int(args.run(args))
+        with (
+            telemetry.enabled("airunner-cli"),
+            telemetry.tracer.start_as_current_span(f"airunner-cli {args.command}"),
+        ):
+            return int(args.run(args))
     except CliError as e:
         print(f"airunner-cli: error: {e}", file=sys.stderr)
         return e.exit_code

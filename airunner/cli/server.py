@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import trio
 from botocore.exceptions import BotoCoreError, ClientError
 
+from airunner import telemetry
 from airunner.aws import open_aws_clients
 from airunner.config import DEFAULT_LISTEN, ConfigError, parse_listen, store_settings_from_env
 from airunner.http import AuthConfigError, BearerAuth, load_public_key
@@ -31,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="airunner-server", description="The airunner server.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     rpc = commands.add_parser("rpc-server", help="serve the Connect API (and gRPC, gRPC-Web)")
+    telemetry.add_log_format_option(rpc)
     rpc.add_argument(
         "--listen",
         default=os.environ.get("AIRUNNER_LISTEN") or DEFAULT_LISTEN,
@@ -61,14 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "init-aws":
         return _init_aws(args)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # One line per AWS request is noise; their failures reach us as errors.
-    for chatty in ("httpx", "httpx2", "botocore", "aiobotocore"):
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    telemetry.configure_logging(args.log_format)
     try:
         settings = _settings(args)
         server = Server(settings)
@@ -76,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"airunner-server: error: {e}", file=sys.stderr)
         return 1
     try:
-        trio.run(_serve, server, settings.grace_period)
+        with telemetry.enabled("airunner-server"):
+            trio.run(_serve, server, settings.grace_period)
     except OSError as e:
         print(f"airunner-server: error: cannot listen on {settings.listen}: {e}", file=sys.stderr)
         return 1

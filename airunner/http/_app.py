@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from connectrpc.interceptor import Interceptor
+from connectrpc_otel import OpenTelemetryInterceptor
 from hypercorn.middleware.dispatcher import TrioDispatcherMiddleware
 from hypercorn.typing import ASGIFramework
 from quart_trio import QuartTrio
@@ -41,8 +42,11 @@ def build_app(
         drain: Ends long polls and streams when the server begins to stop.
         poll_window: Seconds a DequeueJob waits for jobs.
     """
-    # Auth first, so that it runs before the request body is read.
-    interceptors: list[Interceptor] = [auth] if auth is not None else []
+    # A span per RPC around everything (W3C traceparent honoured); then auth,
+    # so that it runs before the request body is read.
+    interceptors: list[Interceptor] = [OpenTelemetryInterceptor()]
+    if auth is not None:
+        interceptors.append(auth)
     interceptors.append(ErrorMapping())
     jobs = JobServiceASGIApplication(
         JobServiceHandler(store, drain, poll_window=poll_window),

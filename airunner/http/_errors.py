@@ -25,6 +25,16 @@ _CODES: dict[type[StoreError], Code] = {
 }
 
 
+def error_reason(error: Exception) -> str:
+    """A bounded name for what went wrong, for metric attributes: a Connect code."""
+    if isinstance(error, ConnectError):
+        return str(error.code.value)
+    for kind, code in _CODES.items():
+        if isinstance(error, kind):
+            return str(code.value)
+    return str(Code.INTERNAL.value)
+
+
 def to_connect_error(error: Exception, ctx: RequestContext[Any, Any]) -> ConnectError:
     """The error a client sees. Unexpected errors are logged here, with their
     traceback, and reach the client as a bare ``internal``."""

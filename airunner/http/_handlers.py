@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,7 +11,9 @@ import trio
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
+from opentelemetry import propagate
 
+from airunner import telemetry
 from airunner.api.job.v1.job_connect import JobEventsService, JobService
 from airunner.api.job.v1.job_pb import (
     CompleteJobRequest,
@@ -19,6 +22,8 @@ from airunner.api.job.v1.job_pb import (
     DequeueJobResponse,
     EnqueueJobRequest,
     EnqueueJobResponse,
+    JobEvent,
+    JobParams,
     ListJobsRequest,
     ListJobsResponse,
     PublishJobEventsRequest,
@@ -32,6 +37,7 @@ from airunner.store import InvalidArgument, JobStore
 from airunner.store import _rules as rules
 
 from ._drain import Drain
+from ._errors import error_reason
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,9 @@ log = logging.getLogger(__name__)
 DEQUEUE_POLL_WINDOW_SECONDS = 20.0
 
 _Ctx = RequestContext[Any, Any]
+
+# The job_params.metadata key that carries the W3C trace context of the job's submitter.
+TRACEPARENT = "traceparent"
 
 
 class JobServiceHandler(JobService):
@@ -57,7 +66,12 @@ class JobServiceHandler(JobService):
         self._poll_window = poll_window
 
     async def enqueue_job(self, request: EnqueueJobRequest, ctx: _Ctx) -> EnqueueJobResponse:
-        job = await self._store.enqueue_job(request.request_id, request.queue, request.job_params)
+        params = request.job_params or JobParams()
+        if TRACEPARENT not in params.metadata:
+            # The job's story joins this trace: the worker's execution span is
+            # a child of this request's span. Without telemetry nothing is added.
+            propagate.inject(params.metadata)
+        job = await self._store.enqueue_job(request.request_id, request.queue, params)
         return EnqueueJobResponse(job_id=job.job_id, created_at=job.created_at, state=job.state)
 
     async def dequeue_job(
@@ -116,21 +130,26 @@ class JobEventsServiceHandler(JobEventsService):
             request.job_id, request.from_sequence, request.from_timestamp, request.event_filter
         )
         next_sequence = query.from_sequence
-        async with self._store.subscribe_events(request.job_id, query) as events:
-            while True:
-                event = None
-                with self._drain.cancel_on_drain() as waiting:
-                    event = await events.receive()
-                if waiting.cancelled_caught:
-                    raise ConnectError(
-                        Code.UNAVAILABLE,
-                        "server is shutting down; reconnect with "
-                        f"from_sequence={max(next_sequence, 1)}",
-                    )
-                if event is None:
-                    return
-                next_sequence = event.sequence + 1
-                yield StreamJobEventsResponse(event=event)
+        replay = _Replay()
+        try:
+            async with self._store.subscribe_events(request.job_id, query) as events:
+                while True:
+                    event = None
+                    with self._drain.cancel_on_drain() as waiting:
+                        event = await events.receive()
+                    if waiting.cancelled_caught:
+                        raise ConnectError(
+                            Code.UNAVAILABLE,
+                            "server is shutting down; reconnect with "
+                            f"from_sequence={max(next_sequence, 1)}",
+                        )
+                    if event is None:
+                        return
+                    next_sequence = event.sequence + 1
+                    yield StreamJobEventsResponse(event=event)
+                    replay.sent(event)
+        finally:
+            replay.record()
 
     async def publish_job_events(
         self, request: AsyncIterator[PublishJobEventsRequest], ctx: _Ctx
@@ -142,5 +161,43 @@ class JobEventsServiceHandler(JobEventsService):
             task_token = task_token or message.task_token
             if not task_token:
                 raise InvalidArgument("task_token is required")
-            await self._store.publish_events(task_token, message.events)
+            began = time.perf_counter()
+            try:
+                await self._store.publish_events(task_token, message.events)
+            except Exception as e:
+                telemetry.events_publish_errors.add(1, {"reason": error_reason(e)})
+                raise
+            finally:
+                telemetry.events_publish_duration.record(time.perf_counter() - began)
         return PublishJobEventsResponse()
+
+
+class _Replay:
+    """Measures a subscriber's historical replay: the events stored before it came.
+
+    An event is historical when its timestamp precedes the subscription (the
+    publisher's clock: a skewed worker clock misplaces events only within the
+    skew). The replay ends at the first live event, or with the stream.
+    """
+
+    def __init__(self) -> None:
+        self._since_ns = time.time_ns()
+        self._began = time.perf_counter()
+        self._ended_at = self._began
+        self._events = 0
+        self._live = False
+
+    def sent(self, event: JobEvent) -> None:
+        if self._live:
+            return
+        stamped = event.timestamp.to_nanos() if event.timestamp is not None else 0
+        if stamped >= self._since_ns:
+            self._live = True
+            return
+        self._events += 1
+        self._ended_at = time.perf_counter()
+
+    def record(self) -> None:
+        if self._events:
+            telemetry.streams_replay_duration.record(self._ended_at - self._began)
+            telemetry.streams_replay_events.add(self._events)

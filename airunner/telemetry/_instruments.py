@@ -1,4 +1,4 @@
-"""The metric instruments airunner records.
+"""The metric instruments airunner records, and its tracer.
 
 They come from the OpenTelemetry API: without an SDK configured (the default)
 every instrument is a no-op that costs next to nothing. Attributes stay bounded
@@ -7,9 +7,10 @@ every instrument is a no-op that costs next to nothing. Attributes stay bounded
 
 from __future__ import annotations
 
-from opentelemetry import metrics
+from opentelemetry import metrics, trace
 
 _meter = metrics.get_meter("airunner")
+tracer = trace.get_tracer("airunner")
 
 jobs_enqueued = _meter.create_counter(
     "airunner.jobs.enqueued.total", description="Jobs created by EnqueueJob"
@@ -33,6 +34,11 @@ events_publish = _meter.create_counter(
 events_publish_errors = _meter.create_counter(
     "airunner.events.publish.errors.total", description="PublishJobEvents calls refused or failed"
 )
+events_publish_duration = _meter.create_histogram(
+    "airunner.events.publish.duration",
+    unit="s",
+    description="Time to store one PublishJobEvents message's events",
+)
 events_persisted = _meter.create_counter(
     "airunner.events.persisted.total", description="Events stored (duplicates excluded)"
 )
@@ -41,6 +47,15 @@ events_dropped = _meter.create_counter(
 )
 streams_active = _meter.create_up_down_counter(
     "airunner.streams.active", description="Open StreamJobEvents subscriptions"
+)
+streams_replay_duration = _meter.create_histogram(
+    "airunner.streams.historical_replay.duration",
+    unit="s",
+    description="Time a subscriber took to receive the events stored before it subscribed",
+)
+streams_replay_events = _meter.create_counter(
+    "airunner.streams.historical_replay.events.total",
+    description="Events sent to subscribers from history (stored before they subscribed)",
 )
 channels_overflow = _meter.create_counter(
     "airunner.channels.overflow.total",

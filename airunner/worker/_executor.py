@@ -17,9 +17,12 @@ from typing import Literal
 import trio
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
+from opentelemetry import propagate
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from protobuf import Oneof
 from protobuf.wkt import Duration, Timestamp
 
+from airunner import telemetry
 from airunner.api.job.v1.job_pb import (
     CompleteJobRequest,
     DequeueJobResponse,
@@ -96,7 +99,29 @@ class JobExecutor:
         return self._job.job_id
 
     async def run(self) -> None:
-        """Run the job to its end. Never raises for the job's own failures."""
+        """Run the job to its end. Never raises for the job's own failures.
+
+        Its span joins the trace of whoever submitted the job (the W3C context
+        the server put in ``job_params.metadata``).
+        """
+        with telemetry.tracer.start_as_current_span(
+            "execute job",
+            context=propagate.extract(self._params.metadata),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "airunner.job.id": self.job_id,
+                "airunner.queue": self._settings.queue,
+                "process.command": self._params.command,
+            },
+        ) as span:
+            result = await self._run()
+            if result is None:
+                span.set_status(Status(StatusCode.ERROR, "the delivery was lost"))
+            else:
+                span.set_attribute("airunner.job.success", result.success)
+                span.set_attribute("process.exit.code", result.exit_code)
+
+    async def _run(self) -> JobResult | None:
         started_at = time.time_ns()
         log.info("job %s: starting %s", self.job_id, self._params.command)
         workspace = Path(
@@ -108,10 +133,12 @@ class JobExecutor:
             result = await self._run_reporting(workspace, started_at)
         except JobLost as e:
             log.warning("job %s: lost (%s); not completing it", self.job_id, e)
-            return
+            return None
         finally:
             await trio.to_thread.run_sync(lambda: shutil.rmtree(workspace, ignore_errors=True))
-        await self._complete(result)
+        with telemetry.tracer.start_as_current_span("complete job"):
+            await self._complete(result)
+        return result
 
     async def _run_reporting(self, workspace: Path, started_at: int) -> JobResult:
         publisher = EventPublisher(self._client, self._token)
@@ -155,10 +182,12 @@ class JobExecutor:
         cwd: Path | None = None
         checkout_error = ""
         async with self._until_killed():
-            try:
-                cwd = await checkout(self._params, workspace / "checkout")
-            except CheckoutError as e:
-                checkout_error = f"checkout failed: {e}"
+            with telemetry.tracer.start_as_current_span("checkout") as span:
+                try:
+                    cwd = await checkout(self._params, workspace / "checkout")
+                except CheckoutError as e:
+                    checkout_error = f"checkout failed: {e}"
+                    span.set_status(Status(StatusCode.ERROR, checkout_error))
         if checkout_error:
             return await self._fail(publisher, sequences, started_at, checkout_error)
         if cwd is None:
@@ -180,16 +209,17 @@ class JobExecutor:
             nursery.start_soon(batcher.run, chunks_receive)
             async with self._until_killed():
                 try:
-                    outcome = await run_command(
-                        [self._params.command, *self._params.args],
-                        cwd=cwd,
-                        env=self._environment(),
-                        pty=self._params.process_type == ProcessType.PTY,
-                        time_limit=self._params.timeout_seconds or None,
-                        output=chunks_send,
-                        on_start=on_start,
-                        kill_grace=self._settings.kill_grace,
-                    )
+                    with telemetry.tracer.start_as_current_span("run command"):
+                        outcome = await run_command(
+                            [self._params.command, *self._params.args],
+                            cwd=cwd,
+                            env=self._environment(),
+                            pty=self._params.process_type == ProcessType.PTY,
+                            time_limit=self._params.timeout_seconds or None,
+                            output=chunks_send,
+                            on_start=on_start,
+                            kill_grace=self._settings.kill_grace,
+                        )
                 except SpawnError as e:
                     spawn_error = str(e)
         # The output channel is closed on every path, so the batcher has sent

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
@@ -100,7 +101,18 @@ def test_port_in_use_is_one_line() -> None:
 class ServerProcess:
     process: trio.Process
     url: str = ""
+    # Its log lines (one JSON object each, stderr being a pipe) and their messages.
+    lines: list[str] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
+
+
+def _message(line: str) -> str:
+    """The message of a JSON log line; any other line as it is."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return line
+    return str(entry["message"]) if isinstance(entry, dict) else line
 
 
 @asynccontextmanager
@@ -121,8 +133,11 @@ async def server_process(*args: str, **env: str) -> AsyncIterator[ServerProcess]
             pending += chunk
             *lines, pending = pending.split(b"\n")
             for line in lines:
-                running.log.append(line.decode())
-                if not started and (found := re.search(r"serving on (http://\S+)", line.decode())):
+                running.lines.append(line.decode())
+                running.log.append(_message(line.decode()))
+                if not started and (
+                    found := re.search(r"serving on (http://\S+)", running.log[-1])
+                ):
                     running.url = found.group(1)
                     started = True
                     task_status.started()
@@ -163,6 +178,25 @@ async def test_server_serves_until_a_signal_then_exits_zero(signum: signal.Signa
         assert trio.current_time() - began < 10
     assert any(line.endswith("Using in-memory job store") for line in server.log)
     assert any(f"{signum.name}: draining" in line for line in server.log)
+
+
+async def test_server_logs_one_json_object_per_line_when_not_on_a_terminal() -> None:
+    async with server_process("--no-auth") as server:
+        pass
+    entries = [json.loads(line) for line in server.lines if line]
+    assert entries, "no log lines"
+    for entry in entries:
+        assert {"time", "level", "logger", "message"} <= entry.keys()
+    assert any(e["message"] == "Using in-memory job store" for e in entries)
+
+
+async def test_server_logs_text_when_told() -> None:
+    async with server_process("--no-auth", "--log-format", "text") as server:
+        pass
+    assert any(
+        re.fullmatch(r"\S+ \S+ INFO airunner\.server: Using in-memory job store", line)
+        for line in server.lines
+    ), server.lines
 
 
 async def test_cli_token_is_accepted_by_a_server(key_pair: KeyPair) -> None:
