@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 from botocore.exceptions import BotoCoreError, ClientError
+from opentelemetry import trace
 
 from airunner import telemetry
 
@@ -36,6 +37,8 @@ class _Write:
     items: Sequence[dict[str, Any]]
     done: trio.Event = field(default_factory=trio.Event)
     error: AwsCallFailed | None = None
+    # The publisher's span: the write that carries its events links to it.
+    origin: trace.SpanContext = field(default_factory=telemetry.current_span_context)
 
 
 class EventWriter:
@@ -107,8 +110,11 @@ class EventWriter:
     async def _write_chunk(
         self, chunk: list[tuple[dict[str, Any], list[_Write]]], limiter: trio.CapacityLimiter
     ) -> None:
+        # The call serves many publishers: its span links to each of theirs.
+        links = telemetry.links(w.origin for _, writers in chunk for w in writers)
         async with limiter:
-            error = await self._put([item for item, _ in chunk])
+            with telemetry.tracer.start_as_current_span("store events", links=links):
+                error = await self._put([item for item, _ in chunk])
         for _, writers in chunk:
             for request in writers:
                 request.error = request.error or error

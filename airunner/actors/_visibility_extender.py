@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 from botocore.exceptions import BotoCoreError, ClientError
+from opentelemetry import trace
+
+from airunner import telemetry
 
 from ._aws_failure import AwsCallFailed
 
@@ -28,6 +31,8 @@ class _Change:
     seconds: int
     done: trio.Event = field(default_factory=trio.Event)
     error: AwsCallFailed | None = None
+    # The caller's span: the call that carries this change links to it.
+    origin: trace.SpanContext = field(default_factory=telemetry.current_span_context)
 
 
 class VisibilityExtender:
@@ -99,6 +104,12 @@ class VisibilityExtender:
         return changes
 
     async def _apply(self, changes: list[_Change]) -> None:
+        # The call serves many callers: its span links to each of theirs.
+        links = telemetry.links(change.origin for change in changes)
+        with telemetry.tracer.start_as_current_span("change visibility", links=links):
+            await self._call(changes)
+
+    async def _call(self, changes: list[_Change]) -> None:
         try:
             response = await self._sqs.change_message_visibility_batch(
                 QueueUrl=self._url,

@@ -15,13 +15,13 @@ from ._common import CliError
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        if args.command == "worker":
+        if args.cli_command == "worker":
             # The worker's spans are per job, each in its submitter's trace.
             with telemetry.enabled("airunner-worker"):
                 return int(args.run(args))
         with (
             telemetry.enabled("airunner-cli"),
-            telemetry.tracer.start_as_current_span(f"airunner-cli {args.command}"),
+            telemetry.tracer.start_as_current_span(f"airunner-cli {args.cli_command}"),
         ):
             return int(args.run(args))
     except CliError as e:
@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="airunner-cli", description="Talk to airunner.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="cli_command", required=True, metavar="COMMAND")
     _jobs.add_parsers(commands)
     _worker.add_parser(commands)
     _token.add_parser(commands)

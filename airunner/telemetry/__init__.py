@@ -28,12 +28,14 @@ from ._instruments import (
 )
 from ._logs import LOG_FORMATS, add_log_format_option, configure_logging
 from ._setup import enabled
+from ._spans import current_span_context, links
 
 __all__ = [
     "LOG_FORMATS",
     "add_log_format_option",
     "channels_overflow",
     "configure_logging",
+    "current_span_context",
     "dynamodb_batch_retries",
     "dynamodb_operations",
     "dynamodb_throttles",
@@ -48,6 +50,7 @@ __all__ = [
     "jobs_enqueued",
     "jobs_redelivered",
     "jobs_visibility_updates",
+    "links",
     "messages_dropped",
     "streams_active",
     "streams_replay_duration",

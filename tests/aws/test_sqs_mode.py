@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,24 +13,6 @@ import trio
 
 from tests.e2e.test_commands import server_process
 from tests.helpers import clean_env, tool
-
-from .test_init_aws import exports, init_aws
-
-
-@pytest.fixture
-def sqs_env(aws_env: dict[str, str]) -> dict[str, str]:
-    name = f"mode-{uuid.uuid4().hex[:8]}"
-    done = init_aws(
-        aws_env,
-        "--environment",
-        name,
-        "--jobs-table",
-        f"jobs-{name}",
-        "--events-table",
-        f"events-{name}",
-    )
-    assert done.returncode == 0, done.stderr
-    return aws_env | exports(done.stdout) | {"AIRUNNER_TOKEN_SIGNING_SECRET": "secret"}
 
 
 def test_missing_table_is_one_line(sqs_env: dict[str, str]) -> None:

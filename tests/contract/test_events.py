@@ -17,6 +17,7 @@ from airunner.store import (
     ResourceExhausted,
 )
 from airunner.store._rules import MAX_EVENT_BYTES
+from tests.conftest import Metrics
 from tests.helpers import end_event, output_event, result, start_event
 
 from .conftest import SUBSCRIBER_BUFFER
@@ -197,8 +198,10 @@ async def test_cancelled_receive_loses_nothing(store: JobStore, clock: object) -
 
 
 async def test_slow_subscriber_does_not_block_publisher_and_is_told_where_to_resume(
-    store: JobStore,
+    store: JobStore, recorded: Metrics
 ) -> None:
+    overflows = recorded.total("airunner.channels.overflow.total")
+    dropped = recorded.total("airunner.events.dropped.total")
     delivery = await running_job(store)
     token = delivery.task_token
     await store.publish_events(token, [start_event(1)])
@@ -223,6 +226,11 @@ async def test_slow_subscriber_does_not_block_publisher_and_is_told_where_to_res
         if ended_with:
             resume_from = got[-1] + 1
             assert f"from_sequence={resume_from}" in ended_with
+    # An overflow is counted, with the events its subscriber did not get.
+    assert recorded.total("airunner.channels.overflow.total") - overflows == (
+        1 if ended_with else 0
+    )
+    assert (recorded.total("airunner.events.dropped.total") - dropped > 0) == bool(ended_with)
     if resume_from is None:
         assert got == list(range(1, total + 3))
         return

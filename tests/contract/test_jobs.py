@@ -10,6 +10,7 @@ import trio
 from airunner.api.job.v1.job_pb import JobParams, JobResult, JobState, ProcessType
 from airunner.store import Delivery, InvalidArgument, JobStore, NotFound
 from airunner.store._rules import MAX_JOB_PARAMS_BYTES, MAX_VISIBILITY_TIMEOUT_SECONDS
+from tests.conftest import Metrics
 from tests.helpers import params, request_id, result
 
 from .conftest import POLL
@@ -249,8 +250,9 @@ async def test_waiting_dequeuer_gets_expired_job(
 
 
 async def test_old_token_fails_after_redelivery(
-    store: JobStore, clock: object, slack: float
+    store: JobStore, clock: object, slack: float, recorded: Metrics
 ) -> None:
+    before = _job_counts(recorded)
     job_id = await enqueue(store)
     first = await must_dequeue(store, visibility=3)
     await trio.sleep(3.5 + slack)
@@ -260,6 +262,25 @@ async def test_old_token_fails_after_redelivery(
         await store.complete_job(first.task_token, result(job_id))
     await store.complete_job(second.task_token, result(job_id))
     assert await state_of(store, job_id) == JobState.COMPLETED
+    after = _job_counts(recorded)
+    # Two deliveries, the second a redelivery; one completion.
+    assert {name: after[name] - before[name] for name in after} == {
+        "enqueued": 1,
+        "dequeued": 2,
+        "redelivered": 1,
+        "completed": 1,
+    }
+
+
+def _job_counts(recorded: Metrics) -> dict[str, float]:
+    return {
+        "enqueued": recorded.total("airunner.jobs.enqueued.total", queue="default"),
+        "dequeued": recorded.total("airunner.jobs.dequeued.total", queue="default"),
+        "redelivered": recorded.total("airunner.jobs.redelivered.total", queue="default"),
+        "completed": recorded.total(
+            "airunner.jobs.completed.total", queue="default", state="COMPLETED"
+        ),
+    }
 
 
 async def test_update_extends_visibility_from_now(

@@ -21,6 +21,7 @@ from airunner.api.job.v1.job_pb import (
     UpdateJobRequest,
 )
 from airunner.store import JobStore
+from tests.conftest import Metrics
 from tests.helpers import (
     end_event,
     eventually,
@@ -191,6 +192,20 @@ async def test_errors_carry_their_connect_codes(clients: Clients) -> None:
             clients.jobs.dequeue_job, DequeueJobRequest(queue="default", max_jobs=50)
         )
     assert info.value.code == Code.INVALID_ARGUMENT
+
+
+async def test_refused_publishes_are_counted_by_reason(
+    clients: Clients, recorded: Metrics
+) -> None:
+    refused = recorded.total("airunner.events.publish.errors.total", reason="invalid_argument")
+    with pytest.raises(ConnectError) as info:
+        await clients.call(
+            clients.events.publish_job_events,
+            iter([PublishJobEventsRequest(task_token="v1.bogus.token", events=[start_event(1)])]),
+        )
+    assert info.value.code == Code.INVALID_ARGUMENT
+    after = recorded.total("airunner.events.publish.errors.total", reason="invalid_argument")
+    assert after - refused == 1
 
 
 class _BrokenStore:
