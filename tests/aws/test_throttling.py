@@ -14,7 +14,7 @@ import trio
 from hypercorn.config import Config
 
 from airunner.api.job.v1.job_pb import JobState
-from airunner.store import EventQuery
+from airunner.store import EventQuery, ResourceExhausted
 from tests.conftest import Metrics, open_sqs_store
 from tests.helpers import end_event, output_event, params, request_id, result, start_event
 
@@ -24,12 +24,19 @@ _THROTTLED = json.dumps(
 
 
 class ThrottlingProxy:
-    """Forwards AWS calls to moto, answering every other DynamoDB call with a throttle."""
+    """Forwards AWS calls to moto, answering every other DynamoDB call with a throttle.
+
+    With ``throttling`` off it forwards them all, except that the next
+    ``unprocessed`` BatchWriteItem calls are answered "all items unprocessed"
+    (as DynamoDB does when a partition is hot).
+    """
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.dynamodb_calls = 0
         self.throttled = 0
+        self.throttling = True
+        self.unprocessed = 0
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -45,7 +52,19 @@ class ThrottlingProxy:
                 break
         headers = [(k.decode(), v.decode()) for k, v in scope["headers"] if k != b"host"]
         target = dict(headers).get("x-amz-target", "")
-        if target.startswith("DynamoDB_"):
+        if target.endswith(".BatchWriteItem") and self.unprocessed > 0:
+            self.unprocessed -= 1
+            answer = {"UnprocessedItems": json.loads(body)["RequestItems"]}
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"application/x-amz-json-1.0")],
+                }
+            )
+            await send({"type": "http.response.body", "body": json.dumps(answer).encode()})
+            return
+        if target.startswith("DynamoDB_") and self.throttling:
             self.dynamodb_calls += 1
             if self.dynamodb_calls % 2 == 0:
                 self.throttled += 1
@@ -123,3 +142,40 @@ async def test_a_job_and_its_events_survive_throttling(
         recorded.total("airunner.dynamodb.operations.total", operation="BatchWriteItem") - writes
         == 3
     )
+
+
+async def _running_job(store: Any) -> Any:
+    await store.enqueue_job(request_id(), "default", params())
+    delivery = await store.dequeue_job("default", 600, deadline=trio.current_time() + 15)
+    assert delivery is not None
+    return delivery
+
+
+async def test_unprocessed_events_are_written_again_with_backoff(
+    proxy: ThrottlingProxy, recorded: Metrics
+) -> None:
+    proxy.throttling = False
+    retries = recorded.total("airunner.dynamodb.batch_retries.total")
+    async with open_sqs_store() as (store, _, _):
+        delivery = await _running_job(store)
+        proxy.unprocessed = 2
+        await store.publish_events(delivery.task_token, [start_event(1), output_event(2)])
+        async with store.subscribe_events(delivery.job.job_id, EventQuery()) as stream:
+            assert (await stream.receive()).sequence == 1
+            assert (await stream.receive()).sequence == 2
+    assert recorded.total("airunner.dynamodb.batch_retries.total") - retries == 2
+
+
+async def test_events_still_unprocessed_after_three_attempts_are_refused(
+    proxy: ThrottlingProxy, recorded: Metrics
+) -> None:
+    proxy.throttling = False
+    async with open_sqs_store() as (store, _, _):
+        delivery = await _running_job(store)
+        proxy.unprocessed = 3
+        with pytest.raises(ResourceExhausted, match="not stored after 3 attempts"):
+            await store.publish_events(delivery.task_token, [start_event(1)])
+        # The writer goes on: the same events, sent again, are stored.
+        await store.publish_events(delivery.task_token, [start_event(1)])
+        async with store.subscribe_events(delivery.job.job_id, EventQuery()) as stream:
+            assert (await stream.receive()).sequence == 1
