@@ -11,6 +11,7 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import boto3
 import pytest
@@ -40,19 +41,29 @@ async def open_sqs_store(
         resources = await create_resources(
             aws, environment=name, jobs_table=f"jobs-{name}", events_table=f"events-{name}"
         )
-        store = SQSJobStore(
-            aws,
-            queue_urls=resources.queue_urls,
-            jobs_table=resources.jobs_table,
-            events_table=resources.events_table,
-            default_visibility_timeout=300,
-            token_secret=token_secret,
-        )
-        async with trio.open_nursery() as actors:
-            for actor in store.actors():
-                await actors.start(actor.run)
+        async with running_sqs_store(aws, resources, token_secret=token_secret) as store:
             yield store, aws, resources
-            actors.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def running_sqs_store(
+    aws: AwsClients, resources: Resources, *, token_secret: bytes, **options: Any
+) -> AsyncIterator[SQSJobStore]:
+    """A store on existing queues and tables (another replica, say), its actors running."""
+    store = SQSJobStore(
+        aws,
+        queue_urls=resources.queue_urls,
+        jobs_table=resources.jobs_table,
+        events_table=resources.events_table,
+        default_visibility_timeout=300,
+        token_secret=token_secret,
+        **options,
+    )
+    async with trio.open_nursery() as actors:
+        for actor in store.actors():
+            await actors.start(actor.run)
+        yield store
+        actors.cancel_scope.cancel()
 
 
 class Metrics:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
 from botocore.exceptions import BotoCoreError, ClientError
-from opentelemetry import trace
 
 from airunner import telemetry
 
-from ._aws_failure import AwsCallFailed
+from ._batch_call import AwsCallFailed, BatchRequest, answering
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
@@ -33,12 +32,8 @@ CONCURRENT_CALLS = 4
 
 
 @dataclass(eq=False)
-class _Write:
+class _Write(BatchRequest):
     items: Sequence[dict[str, Any]]
-    done: trio.Event = field(default_factory=trio.Event)
-    error: AwsCallFailed | None = None
-    # The publisher's span: the write that carries its events links to it.
-    origin: trace.SpanContext = field(default_factory=telemetry.current_span_context)
 
 
 class EventWriter:
@@ -69,10 +64,7 @@ class EventWriter:
         """
         request = _Write(items)
         await self._send.send(request)
-        await request.done.wait()
-        if request.error is not None:
-            # A fresh exception per caller: one failure may answer many.
-            raise AwsCallFailed(request.error.code, request.error.message)
+        await request.outcome()
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -83,15 +75,8 @@ class EventWriter:
                     requests.append(self._receive.receive_nowait())
                 except trio.WouldBlock:
                     break
-            try:
+            with answering(requests, self.name):
                 await self._write_round(requests)
-            except BaseException:
-                for request in requests:
-                    request.error = request.error or AwsCallFailed("", "the event writer stopped")
-                raise
-            finally:
-                for request in requests:
-                    request.done.set()
 
     async def _write_round(self, requests: list[_Write]) -> None:
         # One item per key: BatchWriteItem refuses two puts of one key in a call,

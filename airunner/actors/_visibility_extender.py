@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
 from botocore.exceptions import BotoCoreError, ClientError
-from opentelemetry import trace
 
 from airunner import telemetry
 
-from ._aws_failure import AwsCallFailed
+from ._batch_call import AwsCallFailed, BatchRequest, answering
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
@@ -26,13 +25,9 @@ BACKLOG = 32
 
 
 @dataclass(eq=False)
-class _Change:
+class _Change(BatchRequest):
     receipt_handle: str
     seconds: int
-    done: trio.Event = field(default_factory=trio.Event)
-    error: AwsCallFailed | None = None
-    # The caller's span: the call that carries this change links to it.
-    origin: trace.SpanContext = field(default_factory=telemetry.current_span_context)
 
 
 class VisibilityExtender:
@@ -65,26 +60,14 @@ class VisibilityExtender:
         """
         request = _Change(receipt_handle, seconds)
         await self._send.send(request)
-        await request.done.wait()
-        if request.error is not None:
-            # A fresh exception per caller: one failure may answer many.
-            raise AwsCallFailed(request.error.code, request.error.message)
+        await request.outcome()
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
             changes = await self._next_round()
-            try:
+            with answering(changes, self.name):
                 await self._apply(changes)
-            except BaseException:
-                for change in changes:
-                    change.error = change.error or AwsCallFailed(
-                        "", "the visibility extender stopped"
-                    )
-                raise
-            finally:
-                for change in changes:
-                    change.done.set()
 
     async def _next_round(self) -> list[_Change]:
         """The changes for one call: the first to come, then what else waits."""

@@ -22,7 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from protobuf.wkt import Timestamp
 
 from airunner import telemetry
-from airunner.actors._aws_failure import AwsCallFailed
+from airunner.actors._batch_call import AwsCallFailed
 from airunner.actors._event_tail import INTERVAL_SECONDS, EventTail
 from airunner.actors._event_writer import EventWriter
 from airunner.actors._queue_poller import QueuePoller

@@ -10,15 +10,13 @@ import pytest
 import trio
 import trio.testing
 
-from airunner.actors._aws_failure import AwsCallFailed
+from airunner.actors._batch_call import AwsCallFailed
 from airunner.actors._event_writer import EventWriter
 from airunner.actors._visibility_extender import VisibilityExtender
 from airunner.api.job.v1.job_pb import JobEvent, JobState
 from airunner.aws import AwsClients
 from airunner.store import EventQuery
-from airunner.store._sqs import SQSJobStore
-from airunner.store._sqs_schema import Resources
-from tests.conftest import open_sqs_store
+from tests.conftest import open_sqs_store, running_sqs_store
 from tests.helpers import end_event, output_event, params, request_id, result, start_event
 
 SECRET = b"sqs-actor-tests"
@@ -205,31 +203,12 @@ def _sequence(event: JobEvent | None) -> int | None:
     return event.sequence if event is not None else None
 
 
-@asynccontextmanager
-async def _replica(aws: AwsClients, resources: Resources) -> AsyncIterator[SQSJobStore]:
-    """A second server's store on the same queues and tables, its actors running."""
-    store = SQSJobStore(
-        aws,
-        queue_urls=resources.queue_urls,
-        jobs_table=resources.jobs_table,
-        events_table=resources.events_table,
-        default_visibility_timeout=300,
-        token_secret=SECRET,
-        tail_interval=0.2,
-    )
-    async with trio.open_nursery() as actors:
-        for actor in store.actors():
-            await actors.start(actor.run)
-        yield store
-        actors.cancel_scope.cancel()
-
-
 async def test_subscriber_follows_a_job_that_another_replica_runs(
     aws_env: dict[str, str],
 ) -> None:
     async with (
         open_sqs_store(token_secret=SECRET) as (runner, aws, resources),
-        _replica(aws, resources) as watcher,
+        running_sqs_store(aws, resources, token_secret=SECRET, tail_interval=0.2) as watcher,
     ):
         job = await runner.enqueue_job(request_id(), "default", params())
         delivery = await runner.dequeue_job("default", 600, deadline=trio.current_time() + 15)

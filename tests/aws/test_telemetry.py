@@ -33,6 +33,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from airunner import telemetry
+from tests.asgi import lifespan, read_body, respond
 from tests.e2e.test_commands import server_process
 from tests.helpers import clean_env, eventually, tool
 
@@ -86,16 +87,9 @@ class OtlpReceiver:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await lifespan(receive, send)
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         if scope["path"] == "/v1/traces":
             self._traces(ExportTraceServiceRequest.FromString(body))
             answer = ExportTraceServiceResponse().SerializeToString()
@@ -103,12 +97,9 @@ class OtlpReceiver:
             self._metrics(ExportMetricsServiceRequest.FromString(body))
             answer = ExportMetricsServiceResponse().SerializeToString()
         else:
-            await send({"type": "http.response.start", "status": 404, "headers": []})
-            await send({"type": "http.response.body", "body": b""})
+            await respond(send, 404, b"")
             return
-        headers = [(b"content-type", b"application/x-protobuf")]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": answer})
+        await respond(send, 200, answer, [(b"content-type", b"application/x-protobuf")])
 
     def _traces(self, request: ExportTraceServiceRequest) -> None:
         for resource_spans in request.resource_spans:
