@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hypercorn.trio
 import pytest
 import trio
-from hypercorn.config import Config
 from opentelemetry import trace
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -33,7 +31,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from airunner import telemetry
-from tests.asgi import lifespan, read_body, respond
+from tests.asgi import lifespan, read_body, respond, serving
 from tests.e2e.test_commands import server_process
 from tests.helpers import clean_env, eventually, tool
 
@@ -128,19 +126,9 @@ class OtlpReceiver:
 @pytest.fixture
 async def receiver() -> AsyncIterator[OtlpReceiver]:
     app = OtlpReceiver()
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    done = trio.Event()
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(
-            lambda task_status: hypercorn.trio.serve(
-                app, config, shutdown_trigger=done.wait, task_status=task_status
-            )
-        )
-        app.url = binds[0]
+    async with serving(app) as url:
+        app.url = url
         yield app
-        done.set()
 
 
 def _otel_env(endpoint: str) -> dict[str, str]:

@@ -8,14 +8,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import hypercorn.trio
 import pytest
 import trio
-from hypercorn.config import Config
 
 from airunner.api.job.v1.job_pb import JobState
 from airunner.store import EventQuery, ResourceExhausted
-from tests.asgi import lifespan, read_body, respond
+from tests.asgi import lifespan, read_body, respond, serving
 from tests.conftest import Metrics, open_sqs_store
 from tests.helpers import end_event, output_event, params, request_id, result, start_event
 
@@ -77,19 +75,9 @@ async def proxy(
     aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[ThrottlingProxy]:
     app = ThrottlingProxy(aws_env["AWS_ENDPOINT_URL"])
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    done = trio.Event()
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(
-            lambda task_status: hypercorn.trio.serve(
-                app, config, shutdown_trigger=done.wait, task_status=task_status
-            )
-        )
-        monkeypatch.setenv("AWS_ENDPOINT_URL", binds[0])
+    async with serving(app) as url:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", url)
         yield app
-        done.set()
 
 
 async def test_a_job_and_its_events_survive_throttling(
