@@ -25,14 +25,19 @@ _CODES: dict[type[StoreError], Code] = {
 }
 
 
+def _store_code(error: Exception) -> Code | None:
+    """The Connect code of a store error, None for anything else."""
+    for kind, code in _CODES.items():
+        if isinstance(error, kind):
+            return code
+    return None
+
+
 def error_reason(error: Exception) -> str:
     """A bounded name for what went wrong, for metric attributes: a Connect code."""
     if isinstance(error, ConnectError):
         return str(error.code.value)
-    for kind, code in _CODES.items():
-        if isinstance(error, kind):
-            return str(code.value)
-    return str(Code.INTERNAL.value)
+    return str((_store_code(error) or Code.INTERNAL).value)
 
 
 def to_connect_error(error: Exception, ctx: RequestContext[Any, Any]) -> ConnectError:
@@ -40,9 +45,8 @@ def to_connect_error(error: Exception, ctx: RequestContext[Any, Any]) -> Connect
     traceback, and reach the client as a bare ``internal``."""
     if isinstance(error, ConnectError):
         return error
-    for kind, code in _CODES.items():
-        if isinstance(error, kind):
-            return ConnectError(code, str(error))
+    if (code := _store_code(error)) is not None:
+        return ConnectError(code, str(error))
     log.error("%s failed", ctx.method.name, exc_info=error)
     return ConnectError(Code.INTERNAL, "internal error")
 
