@@ -35,8 +35,7 @@ from airunner.api.job.v1.job_pb import (
     JobResult,
     JobState,
 )
-from airunner.aws import AwsClients
-from airunner.telemetry._aws import THROTTLING_CODES
+from airunner.aws import THROTTLING_CODES, AwsClients
 
 from . import _rules as rules
 from ._contract import (

@@ -1,4 +1,4 @@
-"""Telemetry: metric instruments, the tracer, the OTLP setup, log formats, AWS call spans.
+"""Telemetry: metric instruments, the tracer, the OTLP setup, log formats.
 
 Instruments and the tracer come from the OpenTelemetry API: until ``enabled``
 installs the SDK (only when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set) they are
