@@ -5,10 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from airunner.store._rules import (
-    DEFAULT_VISIBILITY_TIMEOUT_SECONDS,
-    MAX_VISIBILITY_TIMEOUT_SECONDS,
-)
+from airunner.store import rules
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 # DynamoDB TTL takes any future time; ten years is far past any sane retention.
@@ -21,7 +18,7 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class MemoryStoreSettings:
-    default_visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT_SECONDS
+    default_visibility_timeout: int = rules.DEFAULT_VISIBILITY_TIMEOUT_SECONDS
     token_signing_secret: bytes | None = None
 
 
@@ -87,9 +84,9 @@ def _visibility_timeout(env: Mapping[str, str]) -> int:
     return _int_env(
         env,
         "AIRUNNER_DEFAULT_VISIBILITY_TIMEOUT",
-        DEFAULT_VISIBILITY_TIMEOUT_SECONDS,
+        rules.DEFAULT_VISIBILITY_TIMEOUT_SECONDS,
         1,
-        MAX_VISIBILITY_TIMEOUT_SECONDS,
+        rules.MAX_VISIBILITY_TIMEOUT_SECONDS,
     )
 
 

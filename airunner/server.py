@@ -16,8 +16,7 @@ from airunner.aws import open_aws_clients
 from airunner.config import ConfigError, MemoryStoreSettings, StoreSettings
 from airunner.http import DEQUEUE_POLL_WINDOW_SECONDS, BearerAuth, Drain, build_app
 from airunner.store import JobStore, MemoryJobStore
-from airunner.store._sqs import SQSJobStore
-from airunner.store._sqs_schema import DEFAULT_EVENTS_TABLE
+from airunner.store.sqs import DEFAULT_EVENTS_TABLE, SQSJobStore
 
 log = logging.getLogger(__name__)
 

@@ -45,8 +45,7 @@ from airunner.api.job.v1.job_pb import (
     StreamType,
 )
 from airunner.aws import AwsClients, open_aws_clients
-from airunner.store._sqs import SQSJobStore
-from airunner.store._sqs_schema import create_resources
+from airunner.store.sqs import SQSJobStore, create_resources
 
 SECRET = b"bench-secret"
 

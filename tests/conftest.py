@@ -21,8 +21,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from airunner.aws import AwsClients, open_aws_clients
-from airunner.store._sqs import SQSJobStore
-from airunner.store._sqs_schema import Resources, create_resources
+from airunner.store.sqs import Resources, SQSJobStore, create_resources
 from tests.helpers import clean_env, tool
 
 _names = itertools.count()

@@ -7,14 +7,35 @@
 - ``EventWriter`` (sqs): events of all jobs in BatchWriteItem calls.
 - ``EventTail`` (sqs): wakes subscribers when another replica stores news of their job.
 
-``supervise`` runs an actor and applies its crash policy.
+``supervise`` runs an actor and applies its crash policy. The actors know the
+AWS services' limits, not airunner's tables: the store gives them what they
+write and how to read.
 """
 
 from __future__ import annotations
 
 from ._actor import Actor
+from ._batch_call import AwsCallFailed
+from ._event_tail import INTERVAL_SECONDS as TAIL_INTERVAL_SECONDS
+from ._event_tail import EventTail
+from ._event_writer import EventWriter
 from ._http_front import HttpFront
-from ._supervisor import supervise
+from ._queue_poller import QueuePoller
+from ._supervisor import RESTART_BACKOFF_INITIAL, supervise
+from ._visibility_extender import VisibilityExtender
 from ._visibility_sweeper import ExpiringDeliveries, VisibilitySweeper
 
-__all__ = ["Actor", "ExpiringDeliveries", "HttpFront", "VisibilitySweeper", "supervise"]
+__all__ = [
+    "RESTART_BACKOFF_INITIAL",
+    "TAIL_INTERVAL_SECONDS",
+    "Actor",
+    "AwsCallFailed",
+    "EventTail",
+    "EventWriter",
+    "ExpiringDeliveries",
+    "HttpFront",
+    "QueuePoller",
+    "VisibilityExtender",
+    "VisibilitySweeper",
+    "supervise",
+]

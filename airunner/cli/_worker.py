@@ -11,7 +11,7 @@ from pathlib import Path
 import trio
 
 from airunner import telemetry
-from airunner.store._rules import MAX_VISIBILITY_TIMEOUT_SECONDS
+from airunner.store import rules
 from airunner.worker import Worker, WorkerSettings
 
 from ._common import CliError, client_options, make_client
@@ -51,9 +51,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    if not 1 <= args.visibility_timeout <= MAX_VISIBILITY_TIMEOUT_SECONDS:
+    if not 1 <= args.visibility_timeout <= rules.MAX_VISIBILITY_TIMEOUT_SECONDS:
         raise CliError(
-            f"--visibility-timeout must be between 1 and {MAX_VISIBILITY_TIMEOUT_SECONDS}"
+            f"--visibility-timeout must be between 1 and {rules.MAX_VISIBILITY_TIMEOUT_SECONDS}"
         )
     if args.concurrency < 1:
         raise CliError("--concurrency must be 1 or more")

@@ -18,7 +18,7 @@ from airunner.aws import open_aws_clients
 from airunner.config import DEFAULT_LISTEN, ConfigError, parse_listen, store_settings_from_env
 from airunner.http import AuthConfigError, BearerAuth, load_public_key
 from airunner.server import DEFAULT_GRACE_PERIOD_SECONDS, Server, ServerSettings
-from airunner.store._sqs_schema import (
+from airunner.store.sqs import (
     DEFAULT_EVENTS_TABLE,
     DEFAULT_JOBS_TABLE,
     Resources,

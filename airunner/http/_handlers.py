@@ -33,8 +33,7 @@ from airunner.api.job.v1.job_pb import (
     UpdateJobRequest,
     UpdateJobResponse,
 )
-from airunner.store import InvalidArgument, JobStore
-from airunner.store import _rules as rules
+from airunner.store import InvalidArgument, JobStore, rules
 
 from ._drain import Drain
 from ._errors import error_reason

@@ -1,7 +1,12 @@
-"""Job stores: the JobStore contract, its rules, and the stores that keep it."""
+"""Job stores: the JobStore contract, its rules, and the in-memory store.
+
+The SQS/DynamoDB store is the subpackage ``airunner.store.sqs``; importing this
+package does not import it (nor the AWS libraries it needs).
+"""
 
 from __future__ import annotations
 
+from . import rules
 from ._contract import (
     FINAL_STATES,
     TERMINAL_EVENT_TYPES,
@@ -10,9 +15,12 @@ from ._contract import (
     EventStream,
     JobPage,
     JobStore,
+    event_time_ms,
     last_sequence_of,
+    rebased,
 )
 from ._errors import InvalidArgument, NotFound, ResourceExhausted, StoreError, Unavailable
+from ._ids import new_job_id
 from ._memory import DEFAULT_QUEUES, MemoryJobStore
 from ._tokens import TaskToken, TaskTokenSigner
 
@@ -33,5 +41,9 @@ __all__ = [
     "TaskToken",
     "TaskTokenSigner",
     "Unavailable",
+    "event_time_ms",
     "last_sequence_of",
+    "new_job_id",
+    "rebased",
+    "rules",
 ]

@@ -12,7 +12,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from airunner.actors._actor import Actor
+from airunner.actors import Actor
 from airunner.api.job.v1.job_pb import (
     EventType,
     Job,

@@ -33,7 +33,7 @@ from airunner.api.job.v1.job_pb import (
     JobState,
 )
 
-from . import _rules as rules
+from . import rules
 from ._contract import FINAL_STATES, Delivery, EventQuery, JobPage, last_sequence_of, rebased
 from ._errors import InvalidArgument, NotFound, ResourceExhausted
 from ._ids import new_job_id

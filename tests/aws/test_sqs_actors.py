@@ -10,9 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from airunner.actors._batch_call import AwsCallFailed
-from airunner.actors._event_writer import EventWriter
-from airunner.actors._visibility_extender import VisibilityExtender
+from airunner.actors import AwsCallFailed, EventWriter, VisibilityExtender
 from airunner.api.job.v1.job_pb import JobEvent, JobState
 from airunner.aws import AwsClients
 from airunner.store import EventQuery

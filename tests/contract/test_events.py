@@ -16,7 +16,7 @@ from airunner.store import (
     NotFound,
     ResourceExhausted,
 )
-from airunner.store._rules import MAX_EVENT_BYTES
+from airunner.store.rules import MAX_EVENT_BYTES
 from tests.conftest import Metrics
 from tests.helpers import end_event, output_event, result, start_event
 

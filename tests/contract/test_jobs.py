@@ -9,7 +9,7 @@ import trio
 
 from airunner.api.job.v1.job_pb import JobParams, JobResult, JobState, ProcessType
 from airunner.store import Delivery, InvalidArgument, JobStore, NotFound
-from airunner.store._rules import MAX_JOB_PARAMS_BYTES, MAX_VISIBILITY_TIMEOUT_SECONDS
+from airunner.store.rules import MAX_JOB_PARAMS_BYTES, MAX_VISIBILITY_TIMEOUT_SECONDS
 from tests.conftest import Metrics
 from tests.helpers import params, request_id, result
 

@@ -122,14 +122,14 @@ def test_events_table_has_job_and_sequence_keys_and_ttl(module: Module) -> None:
 
 
 def test_table_and_index_names_are_the_ones_the_store_uses(module: Module) -> None:
-    from airunner.store import _sqs_schema
+    from airunner.store import sqs
 
-    assert _sqs_schema.DEFAULT_JOBS_TABLE == "airunner_jobs"
-    assert _sqs_schema.DEFAULT_EVENTS_TABLE == "airunner_job_events"
+    assert sqs.DEFAULT_JOBS_TABLE == "airunner_jobs"
+    assert sqs.DEFAULT_EVENTS_TABLE == "airunner_job_events"
     indexes = {
         i["name"] for i in module.resource("aws_dynamodb_table", "jobs")["global_secondary_index"]
     }
-    assert _sqs_schema.JOBS_BY_QUEUE_INDEX in indexes
+    assert sqs.JOBS_BY_QUEUE_INDEX in indexes
 
 
 def test_ssm_parameters_are_secure_strings(module: Module) -> None:
@@ -224,11 +224,11 @@ def test_task_role_may_use_the_queues_and_tables(module: Module) -> None:
 def _client_calls() -> set[str]:
     """The AWS operations airunner's server code calls, as ``service:Operation``.
 
-    ``init-aws`` (``_sqs_schema.py``) runs with the operator's credentials, not the task's.
+    ``init-aws`` (``_resources.py``) runs with the operator's credentials, not the task's.
     """
     calls: set[str] = set()
     for path in (ROOT / "airunner").rglob("*.py"):
-        if path.name == "_sqs_schema.py" or "api" in path.relative_to(ROOT).parts:
+        if path.name == "_resources.py" or "api" in path.relative_to(ROOT).parts:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):

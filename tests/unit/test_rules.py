@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from airunner.store import InvalidArgument
-from airunner.store._rules import last_page, max_jobs
+from airunner.store.rules import last_page, max_jobs
 
 
 @pytest.mark.parametrize(("asked", "given"), [(0, 1), (1, 1), (10, 10)])

@@ -8,8 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from airunner.actors import supervise
-from airunner.actors._supervisor import RESTART_BACKOFF_INITIAL
+from airunner.actors import RESTART_BACKOFF_INITIAL, supervise
 
 
 class Flaky:

@@ -22,11 +22,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 from protobuf.wkt import Timestamp
 
 from airunner import telemetry
-from airunner.actors._batch_call import AwsCallFailed
-from airunner.actors._event_tail import INTERVAL_SECONDS, EventTail
-from airunner.actors._event_writer import EventWriter
-from airunner.actors._queue_poller import QueuePoller
-from airunner.actors._visibility_extender import VisibilityExtender
+from airunner.actors import (
+    TAIL_INTERVAL_SECONDS,
+    AwsCallFailed,
+    EventTail,
+    EventWriter,
+    QueuePoller,
+    VisibilityExtender,
+)
 from airunner.api.job.v1.job_pb import (
     ExecutionConfig,
     Job,
@@ -36,22 +39,26 @@ from airunner.api.job.v1.job_pb import (
     JobState,
 )
 from airunner.aws import THROTTLING_CODES, AwsClients
-
-from . import _rules as rules
-from ._contract import (
+from airunner.store import (
     FINAL_STATES,
     Delivery,
     EventQuery,
     EventStream,
+    InvalidArgument,
     JobPage,
+    NotFound,
+    ResourceExhausted,
+    TaskToken,
+    TaskTokenSigner,
+    Unavailable,
     event_time_ms,
     last_sequence_of,
+    new_job_id,
     rebased,
+    rules,
 )
-from ._errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from ._ids import new_job_id
-from ._sqs_schema import JOBS_BY_QUEUE_INDEX
-from ._tokens import TaskToken, TaskTokenSigner
+
+from ._resources import JOBS_BY_QUEUE_INDEX
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs.type_defs import MessageTypeDef
@@ -96,7 +103,7 @@ class SQSJobStore:
         default_visibility_timeout: int,
         token_secret: bytes,
         events_ttl_days: int = 0,
-        tail_interval: float = INTERVAL_SECONDS,
+        tail_interval: float = TAIL_INTERVAL_SECONDS,
     ) -> None:
         self._aws = aws
         self._urls = dict(queue_urls)
