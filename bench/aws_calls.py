@@ -45,7 +45,7 @@ from airunner.api.job.v1.job_pb import (
     StreamType,
 )
 from airunner.aws import AwsClients, open_aws_clients
-from airunner.store.sqs import SQSJobStore, create_resources
+from airunner.store.sqs import Resources, SQSJobStore, create_resources
 
 SECRET = b"bench-secret"
 
@@ -106,7 +106,7 @@ class CallCounter:
 
 
 @asynccontextmanager
-async def open_store() -> AsyncIterator[tuple[SQSJobStore, AwsClients, CallCounter]]:
+async def open_store() -> AsyncIterator[tuple[SQSJobStore, AwsClients, CallCounter, Resources]]:
     name = f"bench-{uuid.uuid4().hex[:8]}"
     async with open_aws_clients() as aws:
         resources = await create_resources(
@@ -124,7 +124,7 @@ async def open_store() -> AsyncIterator[tuple[SQSJobStore, AwsClients, CallCount
         async with trio.open_nursery() as actors:
             for actor in store.actors():
                 await actors.start(actor.run)
-            yield store, aws, counter
+            yield store, aws, counter, resources
             actors.cancel_scope.cancel()
 
 
@@ -173,7 +173,7 @@ async def job_lifecycle(store: SQSJobStore, *, outputs: int = 1) -> None:
 
 
 async def calls_per_job() -> None:
-    async with open_store() as (store, _, counter):
+    async with open_store() as (store, _, counter, _):
         await job_lifecycle(store)  # connections warm, tables known
         counter.reset()
         jobs = 10
@@ -210,7 +210,7 @@ async def events_per_batch() -> None:
     jobs, publishes = 20, 25
     results = {}
     for together in (False, True):
-        async with open_store() as (store, _, counter):
+        async with open_store() as (store, _, counter, _):
             await job_lifecycle(store)
             counter.reset()
             began = time.perf_counter()
@@ -231,8 +231,8 @@ async def events_per_batch() -> None:
 
 async def idle_receives(seconds: float) -> None:
     workers = 50
-    async with open_store() as (store, aws, counter):
-        url = store._urls["default"]  # the same queue for the baseline
+    async with open_store() as (store, aws, counter, resources):
+        url = resources.queue_urls["default"]  # the same queue for the baseline
         counter.reset()
 
         async def idle_worker() -> None:

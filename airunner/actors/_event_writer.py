@@ -42,14 +42,23 @@ class EventWriter:
     While one round of calls is in flight, the next publishers' events gather
     in a small channel; the next round takes them all at once. Each publisher
     is answered when the calls holding its events are done.
+
+    Args:
+        dynamodb: The client.
+        table: The table the items go to.
+        key_attributes: The names of the table's key attributes: two items with
+            one key never share a call (DynamoDB refuses that), the later wins.
     """
 
     name = "event writer"
     restartable = True
 
-    def __init__(self, dynamodb: DynamoDBClient, table: str) -> None:
+    def __init__(
+        self, dynamodb: DynamoDBClient, table: str, *, key_attributes: Sequence[str]
+    ) -> None:
         self._dynamodb = dynamodb
         self._table = table
+        self._key_attributes = tuple(key_attributes)
         self._send, self._receive = trio.open_memory_channel[_Write](BACKLOG)
 
     async def write(self, items: Sequence[dict[str, Any]]) -> None:
@@ -81,10 +90,10 @@ class EventWriter:
     async def _write_round(self, requests: list[_Write]) -> None:
         # One item per key: BatchWriteItem refuses two puts of one key in a call,
         # and the later put is the one to keep.
-        owners: dict[tuple[str, str], tuple[dict[str, Any], list[_Write]]] = {}
+        owners: dict[tuple[str, ...], tuple[dict[str, Any], list[_Write]]] = {}
         for request in requests:
             for item in request.items:
-                key = (item["job_id"]["S"], item["sequence"]["N"])
+                key = tuple(str(item[name]) for name in self._key_attributes)
                 earlier = owners.get(key)
                 owners[key] = (item, (earlier[1] if earlier else []) + [request])
         limiter = trio.CapacityLimiter(CONCURRENT_CALLS)

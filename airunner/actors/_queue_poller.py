@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 from botocore.exceptions import BotoCoreError, ClientError
 
+from airunner.wakeup import Wakeup
+
 if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
     from types_aiobotocore_sqs.type_defs import MessageTypeDef
@@ -38,6 +40,11 @@ class QueuePoller:
     waiters, and releases (visibility 0) a message nobody is left to take. A poll
     in flight is never cancelled: SQS (and moto) would keep it running and hide
     the next message until its visibility ran out.
+
+    Waiters queue in a deque, not a memory channel: a waiter that is cancelled
+    must leave the line at once, so that the next poll asks for no message
+    nobody will take (SQS counts every receive towards the dead-letter limit),
+    and a request already sent into a channel cannot be taken back.
     """
 
     restartable = True
@@ -48,7 +55,7 @@ class QueuePoller:
         self.url = url
         self._sqs = sqs
         self._waiters: deque[_Waiter] = deque()
-        self._wanted = trio.Event()
+        self._wanted = Wakeup()
         self._releases: trio.Nursery | None = None
 
     async def take(self) -> MessageTypeDef:
@@ -59,7 +66,7 @@ class QueuePoller:
         """
         waiter = _Waiter()
         self._waiters.append(waiter)
-        self._wanted.set()
+        self._wanted.wake()
         try:
             await waiter.arrived.wait()
         except BaseException:
@@ -96,7 +103,6 @@ class QueuePoller:
             self._releases = releases
             while True:
                 while not self._waiters:
-                    self._wanted = trio.Event()
                     await self._wanted.wait()
                 response = await self._sqs.receive_message(
                     QueueUrl=self.url,

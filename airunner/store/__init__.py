@@ -19,7 +19,14 @@ from ._contract import (
     last_sequence_of,
     rebased,
 )
-from ._errors import InvalidArgument, NotFound, ResourceExhausted, StoreError, Unavailable
+from ._errors import (
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    StaleTaskToken,
+    StoreError,
+    Unavailable,
+)
 from ._ids import new_job_id
 from ._memory import DEFAULT_QUEUES, MemoryJobStore
 from ._tokens import TaskToken, TaskTokenSigner
@@ -37,6 +44,7 @@ __all__ = [
     "MemoryJobStore",
     "NotFound",
     "ResourceExhausted",
+    "StaleTaskToken",
     "StoreError",
     "TaskToken",
     "TaskTokenSigner",

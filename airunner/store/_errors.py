@@ -11,6 +11,15 @@ class InvalidArgument(StoreError):
     """Bad input: a missing field, a value out of range, a stale or tampered task token."""
 
 
+class StaleTaskToken(InvalidArgument):
+    """The task token's delivery is over: it expired, or the job was released or finished."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "task token is no longer current: its delivery expired or the job finished"
+        )
+
+
 class NotFound(StoreError):
     """The job named by the request does not exist."""
 

@@ -32,10 +32,11 @@ from airunner.api.job.v1.job_pb import (
     JobResult,
     JobState,
 )
+from airunner.wakeup import Wakeup
 
 from . import rules
 from ._contract import FINAL_STATES, Delivery, EventQuery, JobPage, last_sequence_of, rebased
-from ._errors import InvalidArgument, NotFound, ResourceExhausted
+from ._errors import InvalidArgument, NotFound, ResourceExhausted, StaleTaskToken
 from ._ids import new_job_id
 from ._tokens import TaskToken, TaskTokenSigner
 
@@ -165,7 +166,7 @@ class MemoryJobStore:
         # (deadline, job id, attempt); entries of updated or ended deliveries stay
         # until they reach the top and are skipped there.
         self._expiries: list[tuple[float, str, int]] = []
-        self._expiry_changed = trio.Event()
+        self._expiry_changed = Wakeup()
 
     def actors(self) -> Sequence[Actor]:
         return [VisibilitySweeper(self)]
@@ -218,8 +219,7 @@ class MemoryJobStore:
         await trio.lowlevel.checkpoint()
         rules.check_queue(queue, self._queues)
         token, record = self._current(task_token)
-        if token.queue != queue:
-            raise InvalidArgument("queue does not match the task token's queue")
+        rules.check_token_queue(token, queue)
         visibility = rules.visibility_timeout(visibility_timeout_seconds, self._default_visibility)
         self._set_visible_until(record, trio.current_time() + visibility)
         telemetry.jobs_visibility_updates.add(1, {"queue": queue})
@@ -235,10 +235,8 @@ class MemoryJobStore:
             and record.attempt == token.attempt
             and record.result is not None
         ):
-            # A retried CompleteJob whose first answer was lost.
-            if rules.same_result(record.result, result):
-                return
-            raise InvalidArgument("the job was already completed with another result")
+            rules.check_repeated_completion(record.result, result)
+            return
         _, record = self._current(task_token)
         record.result = copy.deepcopy(result)
         record.visible_until = math.inf
@@ -317,7 +315,7 @@ class MemoryJobStore:
 
     def expiry_changed(self) -> trio.Event:
         """Set when an earlier expiry than the one last reported appears."""
-        return self._expiry_changed
+        return self._expiry_changed.next_wake()
 
     def next_expiry(self) -> float | None:
         """The trio time at which the next delivery expires, if any runs."""
@@ -360,16 +358,14 @@ class MemoryJobStore:
         """The token's claims and job, if the token's delivery is still current."""
         token = self._signer.verify(task_token)
         record = self._jobs.get(token.job_id)
-        if record is None or record.queue != token.queue:
-            raise InvalidArgument("task token names an unknown job")
+        rules.check_token_job(token, record.queue if record is not None else None)
+        assert record is not None
         if (
             record.state != JobState.RUNNING
             or record.attempt != token.attempt
             or record.visible_until <= trio.current_time()
         ):
-            raise InvalidArgument(
-                "task token is no longer current: its delivery expired or the job finished"
-            )
+            raise StaleTaskToken()
         return token, record
 
     def _deliver(self, record: _JobRecord, visibility: int) -> Delivery:
@@ -397,8 +393,7 @@ class MemoryJobStore:
         head = self.next_expiry()
         heapq.heappush(self._expiries, (deadline, record.job.job_id, record.attempt))
         if head is None or deadline < head:
-            self._expiry_changed.set()
-            self._expiry_changed = trio.Event()
+            self._expiry_changed.wake()
 
     def _set_state(self, record: _JobRecord, state: JobState) -> None:
         record.job.state = state

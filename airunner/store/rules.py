@@ -131,9 +131,23 @@ def check_result(result: JobResult | None, token: TaskToken) -> JobResult:
     return result
 
 
-def same_result(stored: JobResult, retried: JobResult) -> bool:
-    """Whether a CompleteJob repeats the one recorded (its answer was lost)."""
-    return (stored.success, stored.exit_code) == (retried.success, retried.exit_code)
+def check_repeated_completion(stored: JobResult, retried: JobResult) -> None:
+    """A CompleteJob for a delivery that already completed the job: accepted when
+    it repeats the recorded result (its first answer was lost), refused otherwise."""
+    if (stored.success, stored.exit_code) != (retried.success, retried.exit_code):
+        raise InvalidArgument("the job was already completed with another result")
+
+
+def check_token_job(token: TaskToken, job_queue: str | None) -> None:
+    """The token must name a job that exists (``job_queue`` is None if not) in its queue."""
+    if job_queue != token.queue:
+        raise InvalidArgument("task token names an unknown job")
+
+
+def check_token_queue(token: TaskToken, queue: str) -> None:
+    """An UpdateJob's queue must be its token's."""
+    if token.queue != queue:
+        raise InvalidArgument("queue does not match the task token's queue")
 
 
 def check_events(events: Sequence[JobEvent]) -> None:

@@ -49,8 +49,9 @@ resource "aws_sqs_queue" "priority" {
   })
 }
 
-# DynamoDB: jobs (GSI1 lists a queue newest first, GSI2 finds a request id) and
-# job events (one item per event, expired by TTL).
+# DynamoDB: jobs (GSI1 lists a queue newest first; a request id's job is found
+# by its claim item, so no index on request_id) and job events (one item per
+# event, expired by TTL). docs/ARCHITECTURE.md has the data model.
 
 resource "aws_dynamodb_table" "jobs" {
   name                        = "airunner_jobs${var.dynamodb_table_suffix}"
@@ -73,22 +74,11 @@ resource "aws_dynamodb_table" "jobs" {
     type = "N"
   }
 
-  attribute {
-    name = "request_id"
-    type = "S"
-  }
-
   global_secondary_index {
     name            = "GSI1"
     hash_key        = "queue"
     range_key       = "created_at"
     projection_type = "ALL"
-  }
-
-  global_secondary_index {
-    name            = "GSI2"
-    hash_key        = "request_id"
-    projection_type = "KEYS_ONLY"
   }
 
   point_in_time_recovery {

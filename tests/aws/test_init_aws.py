@@ -62,10 +62,10 @@ def test_creates_queues_and_tables_as_the_seed_says(
         {"AttributeName": "created_at", "KeyType": "RANGE"},
     ]
     assert indexes["GSI1"]["Projection"]["ProjectionType"] == "ALL"
-    assert indexes["GSI2"]["KeySchema"] == [{"AttributeName": "request_id", "KeyType": "HASH"}]
-    assert indexes["GSI2"]["Projection"]["ProjectionType"] == "KEYS_ONLY"
+    # No index on request_id: the claim item finds a request's job (docs/ARCHITECTURE.md).
+    assert set(indexes) == {"GSI1"}
     types = {a["AttributeName"]: a["AttributeType"] for a in jobs["AttributeDefinitions"]}
-    assert types == {"job_id": "S", "queue": "S", "created_at": "N", "request_id": "S"}
+    assert types == {"job_id": "S", "queue": "S", "created_at": "N"}
 
     events = dynamodb.describe_table(TableName="airunner_job_events")["Table"]
     assert events["KeySchema"] == [

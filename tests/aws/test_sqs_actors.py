@@ -14,6 +14,7 @@ from airunner.actors import AwsCallFailed, EventWriter, VisibilityExtender
 from airunner.api.job.v1.job_pb import JobEvent, JobState
 from airunner.aws import AwsClients
 from airunner.store import EventQuery
+from airunner.store.sqs import EVENTS_KEY
 from tests.conftest import open_sqs_store, running_sqs_store
 from tests.helpers import end_event, output_event, params, request_id, result, start_event
 
@@ -67,7 +68,7 @@ async def test_event_writer_puts_waiting_publishers_of_many_jobs_in_full_batches
     aws_env: dict[str, str],
 ) -> None:
     async with open_sqs_store(token_secret=SECRET) as (_, aws, resources):
-        writer = EventWriter(aws.dynamodb, resources.events_table)
+        writer = EventWriter(aws.dynamodb, resources.events_table, key_attributes=EVENTS_KEY)
         gate = _Gate(lambda p: sum(len(items) for items in p["RequestItems"].values()))
         aws.dynamodb.meta.events.register("provide-client-params.dynamodb.BatchWriteItem", gate)
         async with _running(writer), trio.open_nursery() as publishers:
@@ -89,7 +90,7 @@ async def test_event_writer_keeps_the_later_of_two_puts_of_one_event(
     aws_env: dict[str, str],
 ) -> None:
     async with open_sqs_store(token_secret=SECRET) as (_, aws, resources):
-        writer = EventWriter(aws.dynamodb, resources.events_table)
+        writer = EventWriter(aws.dynamodb, resources.events_table, key_attributes=EVENTS_KEY)
         gate = _Gate(lambda p: sum(len(items) for items in p["RequestItems"].values()))
         aws.dynamodb.meta.events.register("provide-client-params.dynamodb.BatchWriteItem", gate)
         async with _running(writer), trio.open_nursery() as publishers:
@@ -109,7 +110,7 @@ async def test_event_writer_answers_each_publisher_of_a_failed_call_and_goes_on(
     aws_env: dict[str, str],
 ) -> None:
     async with open_sqs_store(token_secret=SECRET) as (_, aws, _resources):
-        writer = EventWriter(aws.dynamodb, "no-such-table")
+        writer = EventWriter(aws.dynamodb, "no-such-table", key_attributes=EVENTS_KEY)
         failures: list[str] = []
 
         async def publish(job_id: str) -> None:

@@ -98,7 +98,6 @@ def test_jobs_table_has_the_seeds_keys_and_indexes(module: Module) -> None:
         "job_id": "S",
         "queue": "S",
         "created_at": "N",
-        "request_id": "S",
     }
     indexes = {index["name"]: index for index in table["global_secondary_index"]}
     assert indexes == {
@@ -108,7 +107,6 @@ def test_jobs_table_has_the_seeds_keys_and_indexes(module: Module) -> None:
             "range_key": "created_at",
             "projection_type": "ALL",
         },
-        "GSI2": {"name": "GSI2", "hash_key": "request_id", "projection_type": "KEYS_ONLY"},
     }
 
 

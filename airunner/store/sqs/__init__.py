@@ -1,20 +1,23 @@
-"""The SQS/DynamoDB store: SQS carries deliveries, DynamoDB holds the truth."""
+"""The SQS/DynamoDB store: SQS carries deliveries, DynamoDB holds jobs and events.
+
+Modules: ``_store`` the JobStore; ``_jobs`` the job lifecycle; ``_events``
+events and subscribers; ``_schema`` the tables and their items; ``_aws_errors``
+AWS failures as store errors; ``_resources`` creating the queues and tables.
+"""
 
 from __future__ import annotations
 
-from ._resources import (
-    DEFAULT_EVENTS_TABLE,
-    DEFAULT_JOBS_TABLE,
-    JOBS_BY_QUEUE_INDEX,
-    Resources,
-    create_resources,
-)
+from ._resources import MAX_RECEIVE_COUNT, QUEUE_NAMES, Resources, create_resources
+from ._schema import DEFAULT_EVENTS_TABLE, DEFAULT_JOBS_TABLE, EVENTS_KEY, JOBS_BY_QUEUE_INDEX
 from ._store import SQSJobStore
 
 __all__ = [
     "DEFAULT_EVENTS_TABLE",
     "DEFAULT_JOBS_TABLE",
+    "EVENTS_KEY",
     "JOBS_BY_QUEUE_INDEX",
+    "MAX_RECEIVE_COUNT",
+    "QUEUE_NAMES",
     "Resources",
     "SQSJobStore",
     "create_resources",

@@ -1,28 +1,31 @@
-"""The AWS resources the SQS/DynamoDB store uses, as the seed's Phase 1 defines them.
+"""The AWS resources the SQS store uses: a queue per queue name, each with a
+dead-letter queue, and the two tables of ``_schema``.
 
 ``create_resources`` makes them (for a laptop against moto, or a first try in an
-account); production creates them with Terraform (deploy/terraform).
+account); production creates the same with Terraform (deploy/terraform).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from airunner.aws import AwsClients
 
+from ._schema import (
+    DEFAULT_EVENTS_TABLE,
+    DEFAULT_JOBS_TABLE,
+    EVENTS_TTL_ATTRIBUTE,
+    events_table_definition,
+    jobs_table_definition,
+)
+
 if TYPE_CHECKING:
     from types_aiobotocore_sqs.literals import QueueAttributeNameType
 
-# GSI1: a queue's jobs by creation time (ListJobs). GSI2: request id (idempotency).
-JOBS_BY_QUEUE_INDEX = "GSI1"
-JOBS_BY_REQUEST_INDEX = "GSI2"
-DEFAULT_JOBS_TABLE = "airunner_jobs"
-DEFAULT_EVENTS_TABLE = "airunner_job_events"
-EVENTS_TTL_ATTRIBUTE = "ttl"
 QUEUE_NAMES = ("default", "priority")
 # A message received this many times without being deleted goes to the DLQ.
 MAX_RECEIVE_COUNT = 3
@@ -86,46 +89,8 @@ async def create_resources(
             )
         )["QueueUrl"]
         dlq_urls[name] = dlq_url
-    await _create_table(
-        aws,
-        TableName=jobs_table,
-        BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[
-            {"AttributeName": "job_id", "AttributeType": "S"},
-            {"AttributeName": "queue", "AttributeType": "S"},
-            {"AttributeName": "created_at", "AttributeType": "N"},
-            {"AttributeName": "request_id", "AttributeType": "S"},
-        ],
-        KeySchema=[{"AttributeName": "job_id", "KeyType": "HASH"}],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": JOBS_BY_QUEUE_INDEX,
-                "KeySchema": [
-                    {"AttributeName": "queue", "KeyType": "HASH"},
-                    {"AttributeName": "created_at", "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            },
-            {
-                "IndexName": JOBS_BY_REQUEST_INDEX,
-                "KeySchema": [{"AttributeName": "request_id", "KeyType": "HASH"}],
-                "Projection": {"ProjectionType": "KEYS_ONLY"},
-            },
-        ],
-    )
-    await _create_table(
-        aws,
-        TableName=events_table,
-        BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[
-            {"AttributeName": "job_id", "AttributeType": "S"},
-            {"AttributeName": "sequence", "AttributeType": "N"},
-        ],
-        KeySchema=[
-            {"AttributeName": "job_id", "KeyType": "HASH"},
-            {"AttributeName": "sequence", "KeyType": "RANGE"},
-        ],
-    )
+    await _create_table(aws, jobs_table_definition(jobs_table))
+    await _create_table(aws, events_table_definition(events_table))
     ttl = await aws.dynamodb.describe_time_to_live(TableName=events_table)
     if ttl["TimeToLiveDescription"].get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
         await aws.dynamodb.update_time_to_live(
@@ -135,9 +100,9 @@ async def create_resources(
     return Resources(queue_urls, dlq_urls, jobs_table, events_table)
 
 
-async def _create_table(aws: AwsClients, **definition: object) -> None:
+async def _create_table(aws: AwsClients, definition: dict[str, Any]) -> None:
     try:
-        await aws.dynamodb.create_table(**definition)  # type: ignore[arg-type]
+        await aws.dynamodb.create_table(**definition)
     except ClientError as e:
         if e.response.get("Error", {}).get("Code") != "ResourceInUseException":
             raise

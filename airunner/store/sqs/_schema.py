@@ -1,0 +1,252 @@
+"""The DynamoDB schema of the SQS store, whole: tables, keys, indexes, TTL, items.
+
+Jobs table, key ``job_id`` (S). Two kinds of item share it:
+
+- a **job**: ``job_id``, ``queue`` (S), ``state`` (N, a JobState), ``job_params``
+  (M, the JobParams as JSON), ``request_id`` (S), ``created_at`` and
+  ``updated_at`` (N, Unix ms), ``execution_config`` (B, protobuf), ``attempt``
+  (N, deliveries so far; the current task token names it), and once delivered
+  ``receipt_handle`` (S), ``visible_until`` (N, Unix ms), ``sequence_base`` (N,
+  the last sequence earlier deliveries stored), ``message_sent`` (BOOL, its SQS
+  message went out), and once final ``result`` (S, the JobResult as JSON);
+- a **claim** of a request id: key ``request#<request_id>``, ``target_job_id``
+  (S), ``created_at``. Written in one transaction with its job under
+  ``attribute_not_exists``, it makes EnqueueJob idempotent under races.
+
+One index: GSI1 (``queue``, ``created_at``; all attributes) lists a queue's
+jobs newest first; claims have no ``queue``, so it holds jobs only. There is no
+index on ``request_id``: the claim finds a request's job with one consistent
+GetItem, which an index (eventually consistent) could not.
+
+Events table, keys ``job_id`` (S) and ``sequence`` (N): ``timestamp`` (N, Unix
+ms), ``event_type`` (N), ``event_payload`` (B, the whole JobEvent as stored,
+protobuf), and ``ttl`` (N, Unix seconds) when events expire.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from protobuf.wkt import Timestamp
+
+from airunner.api.job.v1.job_pb import ExecutionConfig, Job, JobEvent, JobParams, JobState
+from airunner.store import FINAL_STATES, event_time_ms
+
+DEFAULT_JOBS_TABLE = "airunner_jobs"
+DEFAULT_EVENTS_TABLE = "airunner_job_events"
+JOBS_BY_QUEUE_INDEX = "GSI1"
+EVENTS_TTL_ATTRIBUTE = "ttl"
+EVENTS_KEY = ("job_id", "sequence")
+# Keys of the claim items, in the jobs table; no job id (a UUID) starts so.
+CLAIM_PREFIX = "request#"
+
+
+def jobs_table_definition(name: str) -> dict[str, Any]:
+    """CreateTable's arguments for the jobs table."""
+    return {
+        "TableName": name,
+        "BillingMode": "PAY_PER_REQUEST",
+        "AttributeDefinitions": [
+            {"AttributeName": "job_id", "AttributeType": "S"},
+            {"AttributeName": "queue", "AttributeType": "S"},
+            {"AttributeName": "created_at", "AttributeType": "N"},
+        ],
+        "KeySchema": [{"AttributeName": "job_id", "KeyType": "HASH"}],
+        "GlobalSecondaryIndexes": [
+            {
+                "IndexName": JOBS_BY_QUEUE_INDEX,
+                "KeySchema": [
+                    {"AttributeName": "queue", "KeyType": "HASH"},
+                    {"AttributeName": "created_at", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            },
+        ],
+    }
+
+
+def events_table_definition(name: str) -> dict[str, Any]:
+    """CreateTable's arguments for the events table (TTL is set apart)."""
+    return {
+        "TableName": name,
+        "BillingMode": "PAY_PER_REQUEST",
+        "AttributeDefinitions": [
+            {"AttributeName": "job_id", "AttributeType": "S"},
+            {"AttributeName": "sequence", "AttributeType": "N"},
+        ],
+        "KeySchema": [
+            {"AttributeName": "job_id", "KeyType": "HASH"},
+            {"AttributeName": "sequence", "KeyType": "RANGE"},
+        ],
+    }
+
+
+# Job items.
+
+
+def job_key(job_id: str) -> dict[str, Any]:
+    return {"job_id": {"S": job_id}}
+
+
+def is_claim_key(job_id: str) -> bool:
+    return job_id.startswith(CLAIM_PREFIX)
+
+
+def claim_item(request_id: str, job_id: str, now_ms: int) -> dict[str, Any]:
+    return {
+        "job_id": {"S": CLAIM_PREFIX + request_id},
+        "target_job_id": {"S": job_id},
+        "created_at": {"N": str(now_ms)},
+    }
+
+
+def claim_key(request_id: str) -> str:
+    return CLAIM_PREFIX + request_id
+
+
+def claimed_job_id(claim: Mapping[str, Any]) -> str:
+    return str(claim["target_job_id"]["S"])
+
+
+def job_item(job: Job, queue: str, request_id: str) -> dict[str, Any]:
+    """A new job's item."""
+    params = job.job_params or JobParams()
+    config = job.execution_config or ExecutionConfig()
+    return {
+        "job_id": {"S": job.job_id},
+        "queue": {"S": queue},
+        "state": {"N": str(int(job.state))},
+        "job_params": _attribute(json.loads(params.to_json())),
+        "request_id": {"S": request_id},
+        "created_at": {"N": str(ms(job.created_at))},
+        "updated_at": {"N": str(ms(job.updated_at))},
+        "execution_config": {"B": config.to_binary()},
+        "attempt": {"N": "0"},
+    }
+
+
+def job_from_item(item: Mapping[str, Any], now_ms: int) -> Job:
+    """The job an item holds, as a reader sees it at ``now_ms``."""
+    config = item.get("execution_config")
+    return Job(
+        job_id=item["job_id"]["S"],
+        job_params=JobParams.from_json(json.dumps(_value(item["job_params"]))),
+        state=visible_state(item, now_ms),
+        created_at=timestamp(int(item["created_at"]["N"])),
+        updated_at=timestamp(int(item["updated_at"]["N"])),
+        execution_config=ExecutionConfig.from_binary(bytes(config["B"])) if config else None,
+    )
+
+
+def stored_state(item: Mapping[str, Any]) -> JobState:
+    return JobState(int(item["state"]["N"]))
+
+
+def visible_state(item: Mapping[str, Any], now_ms: int) -> JobState:
+    """The state a reader sees: a RUNNING job whose delivery expired is SCHEDULED
+    again, as its SQS message is visible again."""
+    state = stored_state(item)
+    if state == JobState.RUNNING and visible_until(item) <= now_ms:
+        return JobState.SCHEDULED
+    return state
+
+
+def is_final(item: Mapping[str, Any]) -> bool:
+    return stored_state(item) in FINAL_STATES
+
+
+def queue_of(item: Mapping[str, Any]) -> str:
+    return str(item["queue"]["S"])
+
+
+def attempt_of(item: Mapping[str, Any]) -> int:
+    return int(item.get("attempt", {"N": "0"})["N"])
+
+
+def visible_until(item: Mapping[str, Any]) -> int:
+    return int(item.get("visible_until", {"N": "0"})["N"])
+
+
+def sequence_base(item: Mapping[str, Any]) -> int:
+    return int(item.get("sequence_base", {"N": "0"})["N"])
+
+
+def message_sent(item: Mapping[str, Any]) -> bool:
+    return bool(item.get("message_sent", {}).get("BOOL"))
+
+
+def result_json(item: Mapping[str, Any]) -> str | None:
+    return str(item["result"]["S"]) if "result" in item else None
+
+
+# Event items.
+
+
+def event_item(job_id: str, event: JobEvent, expires_at: int | None) -> dict[str, Any]:
+    """An event's item; ``expires_at`` (Unix seconds) sets its TTL."""
+    item: dict[str, Any] = {
+        "job_id": {"S": job_id},
+        "sequence": {"N": str(event.sequence)},
+        "timestamp": {"N": str(event_time_ms(event))},
+        "event_type": {"N": str(int(event.event_type))},
+        "event_payload": {"B": event.to_binary()},
+    }
+    if expires_at is not None:
+        item[EVENTS_TTL_ATTRIBUTE] = {"N": str(expires_at)}
+    return item
+
+
+def event_from_item(item: Mapping[str, Any]) -> JobEvent:
+    return JobEvent.from_binary(bytes(item["event_payload"]["B"]))
+
+
+def sequence_of(item: Mapping[str, Any]) -> int:
+    return int(item["sequence"]["N"])
+
+
+# Values.
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def timestamp(at_ms: int) -> Timestamp:
+    return Timestamp.from_nanos(at_ms * 1_000_000)
+
+
+def ms(value: Timestamp | None) -> int:
+    return value.to_nanos() // 1_000_000 if value is not None else 0
+
+
+def _attribute(value: Any) -> dict[str, Any]:
+    """A JSON value as a DynamoDB attribute value."""
+    if isinstance(value, bool):
+        return {"BOOL": value}
+    if isinstance(value, (int, float)):
+        return {"N": str(value)}
+    if isinstance(value, str):
+        return {"S": value}
+    if isinstance(value, list):
+        return {"L": [_attribute(v) for v in value]}
+    if isinstance(value, dict):
+        return {"M": {k: _attribute(v) for k, v in value.items()}}
+    return {"NULL": True}
+
+
+def _value(attribute: Mapping[str, Any]) -> Any:
+    """A DynamoDB attribute value as a JSON value."""
+    ((kind, value),) = attribute.items()
+    if kind == "N":
+        number = float(value)
+        return int(number) if number.is_integer() else number
+    if kind == "L":
+        return [_value(v) for v in value]
+    if kind == "M":
+        return {k: _value(v) for k, v in value.items()}
+    if kind == "NULL":
+        return None
+    return value
