@@ -64,7 +64,7 @@ async def open_aws_clients() -> AsyncIterator[AwsClients]:
         read_timeout=READ_TIMEOUT_SECONDS,
         max_pool_connections=MAX_POOL_CONNECTIONS,
     )
-    # botocore reads AWS_DEFAULT_REGION; ECS and the seed set AWS_REGION.
+    # botocore reads AWS_DEFAULT_REGION; ECS and our task definition set AWS_REGION.
     region = os.environ.get("AWS_REGION") or None
     session = get_session()
     async with AsyncExitStack() as stack:

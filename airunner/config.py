@@ -1,4 +1,8 @@
-"""Server configuration from the environment, with the seed's names and messages."""
+"""Server configuration from the environment.
+
+Variable names and error messages are part of the interface: operators' scripts
+and deployment templates set and match them.
+"""
 
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ def store_settings_from_env(env: Mapping[str, str]) -> StoreSettings:
 
     Raises:
         ConfigError: ``unknown store type: X``, or for ``sqs`` the first missing or
-            malformed variable, prefixed ``failed to create SQS store:`` as the seed has it.
+            malformed variable, prefixed ``failed to create SQS store:``.
     """
     store_type = env.get("AIRUNNER_STORE_TYPE", "") or "memory"
     if store_type == "memory":

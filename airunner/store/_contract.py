@@ -1,7 +1,7 @@
 """The JobStore protocol: what every store does, and the values it trades in.
 
-The behaviour is API.md's "Behaviour every store must show"; tests/contract runs
-one suite against every store.
+The behaviour is described in docs/ARCHITECTURE.md ("Job lifecycle and
+delivery"); tests/contract runs one suite against every store.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# The seed's Phase 1: queues, tables and SSM parameters for AIRUNNER_STORE_TYPE=sqs.
+# Queues, tables and SSM parameters for AIRUNNER_STORE_TYPE=sqs.
 
 locals {
   queue_visibility_timeout = 300

@@ -1,5 +1,4 @@
-# The seed's Phase 2 task definition, and the cluster, service, logs and JWT key
-# pair it assumes.
+# The task definition, and the cluster, service, logs and JWT key pair it needs.
 
 # Bearer tokens: ES256. The private key stays in SSM for whoever mints tokens
 # (airunner-cli token --key); only the public key reaches the task.

@@ -1,4 +1,4 @@
-# The seed's Phase 2 roles: the task role is what the server calls AWS as; the
+# The task's roles: the task role is what the server calls AWS as; the
 # execution role is what ECS uses to pull the image, write logs and read the secrets.
 
 data "aws_caller_identity" "current" {}
@@ -28,8 +28,7 @@ resource "aws_iam_role" "task" {
 # Every AWS call the server makes, and nothing more. The batch calls need no
 # actions of their own: ChangeMessageVisibilityBatch is authorized as
 # sqs:ChangeMessageVisibility, and a TransactWriteItems Put as dynamodb:PutItem.
-# BatchGetItem (the event tail) and DescribeTable (the start-up check) are the
-# implementation's additions to the seed's list.
+# BatchGetItem is the event tail's; DescribeTable the start-up check's.
 resource "aws_iam_role_policy" "task_sqs_dynamodb" {
   name = "${local.name}-sqs-dynamodb"
   role = aws_iam_role.task.name

@@ -1,4 +1,4 @@
-"""airunner-server init-aws: the seed's queues and tables, on moto's server."""
+"""airunner-server init-aws: the queues and tables the SQS store needs, on moto's server."""
 
 from __future__ import annotations
 
@@ -30,11 +30,11 @@ def exports(output: str) -> dict[str, str]:
     return pairs
 
 
-def test_creates_queues_and_tables_as_the_seed_says(
+def test_creates_queues_and_tables_with_their_settings(
     aws_env: dict[str, str], boto: tuple[Any, Any]
 ) -> None:
     sqs, dynamodb = boto
-    done = init_aws(aws_env, "--environment", "seedcheck")
+    done = init_aws(aws_env, "--environment", "initcheck")
     assert done.returncode == 0, done.stderr
     settings = exports(done.stdout)
     assert settings["AIRUNNER_STORE_TYPE"] == "sqs"
@@ -43,7 +43,7 @@ def test_creates_queues_and_tables_as_the_seed_says(
 
     for name in ("default", "priority"):
         url = settings[f"AIRUNNER_SQS_QUEUE_{name.upper()}"]
-        assert url.endswith(f"/airunner-seedcheck-{name}")
+        assert url.endswith(f"/airunner-initcheck-{name}")
         attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
         assert attributes["VisibilityTimeout"] == "300"
         assert attributes["ReceiveMessageWaitTimeSeconds"] == "20"
@@ -51,7 +51,7 @@ def test_creates_queues_and_tables_as_the_seed_says(
         assert attributes["SqsManagedSseEnabled"] == "true"
         redrive = json.loads(attributes["RedrivePolicy"])
         assert int(redrive["maxReceiveCount"]) == 3
-        assert redrive["deadLetterTargetArn"].endswith(f":airunner-seedcheck-{name}-dlq")
+        assert redrive["deadLetterTargetArn"].endswith(f":airunner-initcheck-{name}-dlq")
 
     jobs = dynamodb.describe_table(TableName="airunner_jobs")["Table"]
     assert jobs["KeySchema"] == [{"AttributeName": "job_id", "KeyType": "HASH"}]

@@ -1,4 +1,4 @@
-"""deploy/terraform against the seed's Phase 1 and Phase 2 and their review checklists."""
+"""deploy/terraform: the resources and settings the server needs, checked on the parsed module."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ from tests.deploy.terraform import MODULE, Module, decode, load
 from tests.helpers import ROOT
 
 QUEUES = ("default", "default_dlq", "priority", "priority_dlq")
-SEED_SQS_ACTIONS = {
+SQS_ACTIONS = {
     "sqs:ReceiveMessage",
     "sqs:SendMessage",
     "sqs:DeleteMessage",
     "sqs:ChangeMessageVisibility",
     "sqs:GetQueueAttributes",
 }
-SEED_DYNAMODB_ACTIONS = {
+DYNAMODB_ACTIONS = {
     "dynamodb:PutItem",
     "dynamodb:GetItem",
     "dynamodb:UpdateItem",
@@ -59,7 +59,7 @@ def test_random_provider_is_required(module: Module) -> None:
     assert providers["aws"]["source"] == "hashicorp/aws"
 
 
-def test_four_queues_with_the_seeds_names_and_settings(module: Module) -> None:
+def test_four_queues_with_their_names_and_settings(module: Module) -> None:
     assert set(module.of_type("aws_sqs_queue")) == set(QUEUES)
     assert module.resolve("${local.name}") == "airunner-${var.environment}"
     for name in QUEUES:
@@ -87,7 +87,7 @@ def _attributes(table: dict[str, Any]) -> dict[str, str]:
     return {a["name"]: a["type"] for a in table["attribute"]}
 
 
-def test_jobs_table_has_the_seeds_keys_and_indexes(module: Module) -> None:
+def test_jobs_table_has_its_keys_and_index(module: Module) -> None:
     table = module.resource("aws_dynamodb_table", "jobs")
     assert table["name"] == "airunner_jobs${var.dynamodb_table_suffix}"
     assert module.variables["dynamodb_table_suffix"]["default"] == ""
@@ -185,7 +185,7 @@ def test_outputs_name_every_queue_table_and_parameter(module: Module) -> None:
     )
     for name in ("otel_exporter_endpoint", "otel_exporter_headers"):
         assert outputs[f"ssm_{name}_arn"]["value"] == _ref(f"one(aws_ssm_parameter.{name}[*].arn)")
-    # What the seed's deployment workflow reads.
+    # What the deployment workflow (deploy/terraform/README.md) reads.
     for name in ("ecs_cluster_name", "ecs_service_name", "service_url", "log_group_name"):
         assert name in outputs
 
@@ -206,9 +206,9 @@ def test_task_role_may_use_the_queues_and_tables(module: Module) -> None:
     assert set(statements) == {"AllowSQSOperations", "AllowDynamoDBOperations"}
     sqs, dynamodb = statements["AllowSQSOperations"], statements["AllowDynamoDBOperations"]
     assert sqs["Effect"] == dynamodb["Effect"] == "Allow"
-    assert set(sqs["Action"]) == SEED_SQS_ACTIONS
+    assert set(sqs["Action"]) == SQS_ACTIONS
     assert set(sqs["Resource"]) == {_ref(f"aws_sqs_queue.{name}.arn") for name in QUEUES}
-    assert set(dynamodb["Action"]) == SEED_DYNAMODB_ACTIONS | {
+    assert set(dynamodb["Action"]) == DYNAMODB_ACTIONS | {
         "dynamodb:BatchGetItem",
         "dynamodb:DescribeTable",
     }
@@ -288,7 +288,7 @@ def test_execution_role_reads_exactly_the_parameters_the_task_gets(module: Modul
     assert attachment["policy_arn"].endswith("service-role/AmazonECSTaskExecutionRolePolicy")
 
 
-def test_task_definition_environment_is_the_seeds(module: Module) -> None:
+def test_task_definition_environment_is_the_servers(module: Module) -> None:
     environment = {e["name"]: e["value"] for e in module.locals["task_environment"]}
     assert environment == {
         "AIRUNNER_STORE_TYPE": "sqs",
@@ -348,7 +348,7 @@ def test_task_definition_runs_the_server_with_both_roles(module: Module) -> None
     ]
 
 
-# What the seed assumes exists.
+# What the module needs to exist.
 
 
 def test_load_balancer_checks_health_and_outlasts_long_polls(module: Module) -> None:

@@ -43,7 +43,7 @@ def test_sqs_requires_its_variables(missing: str, message: str) -> None:
         store_settings_from_env(env)
 
 
-def test_sqs_reports_missing_variables_in_the_seeds_order() -> None:
+def test_sqs_reports_missing_variables_in_a_fixed_order() -> None:
     with pytest.raises(ConfigError, match="AIRUNNER_SQS_QUEUE_DEFAULT is required"):
         store_settings_from_env({"AIRUNNER_STORE_TYPE": "sqs"})
     with pytest.raises(ConfigError, match="AIRUNNER_DYNAMODB_JOBS_TABLE is required"):

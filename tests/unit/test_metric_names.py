@@ -1,10 +1,10 @@
-"""Every metric the design names is an instrument airunner records."""
+"""Every metric docs/ARCHITECTURE.md names is an instrument airunner records."""
 
 from __future__ import annotations
 
 from airunner.telemetry import _instruments
 
-# ARCHITECTURE.md, "Telemetry".
+# docs/ARCHITECTURE.md, "Telemetry".
 DESIGN_METRICS = {
     "airunner.jobs.enqueued.total",
     "airunner.jobs.dequeued.total",
