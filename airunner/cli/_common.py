@@ -1,4 +1,4 @@
-"""What every airunner-cli command shares: client options, errors, output."""
+"""What the commands share: client options, output, and errors and how they are reported."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import trio
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
 from airunner.client import DEFAULT_SERVER, AirunnerClient, ClientConfigError
+
+E = TypeVar("E", bound=Exception)
 
 
 class CliError(Exception):
@@ -71,6 +74,16 @@ def status(message: str) -> None:
     print(f"airunner: {message}", file=sys.stderr, flush=True)
 
 
+def first_leaf(group: ExceptionGroup[E]) -> E:
+    """The first exception in ``group`` that is not a group itself.
+
+    An error raised inside nurseries arrives wrapped once per nursery it
+    crossed; this is the one to report.
+    """
+    leaf = group.exceptions[0]
+    return first_leaf(leaf) if isinstance(leaf, ExceptionGroup) else leaf
+
+
 def run_interruptibly(command: Callable[[], Awaitable[int]]) -> int:
     """Run ``command`` under trio until it returns, or until SIGINT or SIGTERM.
 
@@ -82,15 +95,9 @@ def run_interruptibly(command: Callable[[], Awaitable[int]]) -> int:
     async def main() -> int:
         try:
             return await supervised()
-        except BaseExceptionGroup as group:
+        except* CliError as failed:
             # The nursery wraps the command's own error; report that one.
-            failed, rest = group.split(CliError)
-            if failed is None or rest is not None:
-                raise
-            error: BaseException = failed
-            while isinstance(error, BaseExceptionGroup):
-                error = error.exceptions[0]
-            raise error from None
+            raise first_leaf(failed) from None
 
     async def supervised() -> int:
         code = 0

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from airunner import telemetry
 
-from . import _jobs, _token, _worker
+from . import _list, _monitor, _submit, _token, _worker
 from ._common import CliError
 
 
@@ -35,7 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="airunner-cli", description="Talk to airunner.")
     commands = parser.add_subparsers(dest="cli_command", required=True, metavar="COMMAND")
-    _jobs.add_parsers(commands)
+    _submit.add_parser(commands)
+    _monitor.add_parser(commands)
+    _list.add_parser(commands)
     _worker.add_parser(commands)
     _token.add_parser(commands)
     argv = list(argv)

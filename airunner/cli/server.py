@@ -25,6 +25,8 @@ from airunner.store.sqs import (
     create_resources,
 )
 
+from ._common import first_leaf
+
 log = logging.getLogger("airunner.server")
 
 
@@ -129,13 +131,10 @@ async def _serve(server: Server, grace_period: float) -> None:
             nursery.start_soon(_stop_on_signals, server, grace_period, nursery.cancel_scope)
             await server.run()
             nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
+    except* (OSError, ConfigError) as failed:
         # A failure to bind, or to open the store, arrives wrapped in the
-        # nurseries it crossed.
-        expected, rest = group.split((OSError, ConfigError))
-        if expected is not None and rest is None:
-            raise _first(expected) from None
-        raise
+        # nurseries it crossed; main() reports it as one line.
+        raise first_leaf(failed) from None
 
 
 async def _stop_on_signals(
@@ -153,13 +152,6 @@ async def _stop_on_signals(
             else:
                 log.info("%s again: stopping now", signal.Signals(signum).name)
                 everything.cancel()
-
-
-def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    error: BaseException = group
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error
 
 
 if __name__ == "__main__":

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from airunner.api.job.v1.job_pb import EnqueueJobRequest, ProcessType
-from airunner.cli._common import CliError
-from airunner.cli._jobs import job_request, render_table
+from airunner.cli import CliError, job_request, render_table
 from airunner.cli.main import parse_args
 
 
