@@ -46,6 +46,8 @@ from ._publisher import EventPublisher, PublishFailed
 
 log = logging.getLogger(__name__)
 
+# A job whose execution config names no heartbeat interval beats this often
+# (and never less often than three times per visibility timeout).
 DEFAULT_HEARTBEAT_SECONDS = 30
 # Output chunks read from the process but not yet batched.
 CHUNK_BUFFER = 16
@@ -64,10 +66,6 @@ class ExecutorSettings:
     visibility_timeout: int
     work_dir: Path
     kill_grace: float
-
-
-class JobLost(Exception):
-    """The server no longer counts this worker's delivery as current."""
 
 
 class JobExecutor:
@@ -131,43 +129,46 @@ class JobExecutor:
         )
         try:
             result = await self._run_reporting(workspace, started_at)
-        except JobLost as e:
-            log.warning("job %s: lost (%s); not completing it", self.job_id, e)
-            return None
         finally:
             await trio.to_thread.run_sync(lambda: shutil.rmtree(workspace, ignore_errors=True))
+        if result is None:
+            return None
         with telemetry.tracer.start_as_current_span("complete job"):
             await self._complete(result)
         return result
 
-    async def _run_reporting(self, workspace: Path, started_at: int) -> JobResult:
+    async def _run_reporting(self, workspace: Path, started_at: int) -> JobResult | None:
+        """Run the job with its heartbeats and its event stream beside it.
+
+        Returns None if the delivery was lost: the server refused a heartbeat.
+        """
         publisher = EventPublisher(self._client, self._token)
-        lost: list[str] = []
-        try:
-            async with trio.open_nursery() as heartbeat:
-                heartbeat.start_soon(self._heartbeat, heartbeat.cancel_scope, lost)
-                async with trio.open_nursery() as work:
-                    await work.start(publisher.run)
-                    try:
-                        result = await self._execute(workspace, publisher, started_at)
-                    finally:
-                        publisher.end()
-                heartbeat.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            failed, rest = group.split(PublishFailed)
-            if rest is not None or failed is None:
-                raise
-            if lost:
-                raise JobLost(lost[0]) from None
-            failure = failed.exceptions[0]
-            while isinstance(failure, BaseExceptionGroup):
-                failure = failure.exceptions[0]
+        failure: Exception | None = None
+        with trio.CancelScope() as delivery:
+            async with trio.open_nursery() as heartbeats:
+                heartbeats.start_soon(self._heartbeat, delivery)
+                try:
+                    async with trio.open_nursery() as work:
+                        await work.start(publisher.run)
+                        try:
+                            result = await self._execute(workspace, publisher, started_at)
+                        finally:
+                            publisher.end()
+                except* PublishFailed as failed:
+                    # The publisher is a child of ``work``: its error is not nested deeper.
+                    failure = failed.exceptions[0]
+                # The publisher has finished: heartbeats kept the delivery until then.
+                heartbeats.cancel_scope.cancel()
+        # cancel_called rather than cancelled_caught: a refusal that comes as the
+        # work ends has nothing left to cancel, and the delivery is lost all the same.
+        if delivery.cancel_called:
+            # Lost wins over a publish failure, which stopping the work may have caused.
+            return None
+        if failure is not None:
             log.error("job %s: %s", self.job_id, failure)
             return self._result(
                 started_at, NO_EXIT_CODE, f"could not publish its events: {failure}"
             )
-        if lost:
-            raise JobLost(lost[0])
         if publisher.lost_events:
             note = f"{publisher.lost_events} output events could not be published"
             log.warning("job %s: %s", self.job_id, note)
@@ -285,8 +286,11 @@ class JobExecutor:
         env.update(self._params.environment)
         return env
 
-    async def _heartbeat(self, scope: trio.CancelScope, lost: list[str]) -> None:
-        """Extend the delivery's visibility well before it runs out."""
+    async def _heartbeat(self, delivery: trio.CancelScope) -> None:
+        """Extend the delivery's visibility well before it runs out.
+
+        If the server refuses, the delivery is lost: ``delivery`` is cancelled.
+        """
         config = self._job.execution_config
         interval = float(
             config.heartbeat_interval_seconds
@@ -306,8 +310,8 @@ class JobExecutor:
                 await self._client.update_job(request, rpc_timeout=interval)
             except ConnectError as e:
                 if e.code == Code.INVALID_ARGUMENT:
-                    lost.append(e.message)
-                    scope.cancel()
+                    log.warning("job %s: lost (%s); not completing it", self.job_id, e.message)
+                    delivery.cancel()
                     return
                 log.warning("job %s: heartbeat failed: %s", self.job_id, e.message)
 

@@ -14,6 +14,7 @@ from connectrpc.errors import ConnectError
 
 from airunner.api.job.v1.job_pb import DequeueJobRequest, DequeueJobResponse, UpdateJobRequest
 from airunner.client import AirunnerClient
+from airunner.wakeup import Wakeup
 
 from ._executor import ExecutorSettings, JobExecutor
 from ._process import KILL_GRACE_SECONDS
@@ -25,6 +26,8 @@ POLL_RPC_TIMEOUT_SECONDS = 30.0
 # A poll that comes back empty sooner than this did not wait: the server is
 # not long-polling, so wait before the next one.
 QUICK_POLL_SECONDS = 1.0
+# A failed poll is retried after a pause that doubles from the first to the
+# last of these: a server that is down is not hammered, nor waited on for long.
 BACKOFF_INITIAL_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 30.0
 # One DequeueJob asks for at most this many jobs (the server's limit).
@@ -54,7 +57,7 @@ class Worker:
         self._client = client
         self._settings = settings
         self._running = 0
-        self._slot_freed = trio.Event()
+        self._slot_freed = Wakeup()
         self.stop = trio.Event()
         self.kill = trio.Event()
 
@@ -68,9 +71,12 @@ class Worker:
         backoff = BACKOFF_INITIAL_SECONDS
         async with trio.open_nursery() as jobs:
             while not self.stop.is_set():
+                # Taken before the count is read, so that the wait below cannot
+                # miss a slot freed after the read, whatever it awaits first.
+                slot_freed = self._slot_freed.next_wake()
                 free = self._settings.concurrency - self._running
                 if free <= 0:
-                    await self._wait_for(self._slot_freed)
+                    await self._wait_for(slot_freed)
                     continue
                 began = trio.current_time()
                 try:
@@ -130,6 +136,8 @@ class Worker:
 
     async def _end_poll_on_stop(self, poll: trio.CancelScope) -> None:
         await self.stop.wait()
+        # Nothing awaits between reading the count and waiting, and a job's
+        # end lowers the count and wakes in one step: no wake is missed.
         while self._running:
             await self._slot_freed.wait()
         poll.cancel()
@@ -156,8 +164,7 @@ class Worker:
             log.exception("job %s: the executor crashed", job_id)
         finally:
             self._running -= 1
-            self._slot_freed.set()
-            self._slot_freed = trio.Event()
+            self._slot_freed.wake()
 
     async def _wait_for(self, event: trio.Event) -> None:
         with trio.CancelScope() as scope:
