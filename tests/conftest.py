@@ -129,9 +129,33 @@ def moto_endpoint() -> Iterator[str]:
         process.wait(timeout=10)
 
 
+# The fixtures that start or reach moto's server. A test that uses one must be
+# marked ``aws``, so that ``-m "not aws"`` never waits for moto.
+_MOTO_FIXTURES = frozenset({"moto_endpoint", "aws_env"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    unmarked = [
+        item.nodeid
+        for item in items
+        if _MOTO_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("aws") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests use moto's server but are not marked aws:\n  " + "\n  ".join(unmarked)
+        )
+
+
 @pytest.fixture
-def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def aws_env(
+    moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> dict[str, str]:
     """AWS settings pointing at moto, in this process and for commands it runs."""
+    # The check at collection sees only fixtures a test names, not those it
+    # asks for with request.getfixturevalue (as the contract suite's store does).
+    if request.node.get_closest_marker("aws") is None:
+        pytest.fail(f"{request.node.nodeid} uses moto's server but is not marked aws")
     env = {
         "AWS_ENDPOINT_URL": moto_endpoint,
         "AWS_REGION": "us-east-1",

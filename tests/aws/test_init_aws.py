@@ -7,7 +7,11 @@ import shlex
 import subprocess
 from typing import Any
 
+import pytest
+
 from tests.helpers import clean_env, tool
+
+pytestmark = pytest.mark.aws
 
 
 def init_aws(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -18,6 +18,8 @@ from airunner.store.sqs import EVENTS_KEY
 from tests.conftest import open_sqs_store, running_sqs_store
 from tests.helpers import end_event, output_event, params, request_id, result, start_event
 
+pytestmark = pytest.mark.aws
+
 SECRET = b"sqs-actor-tests"
 
 

@@ -14,6 +14,8 @@ import trio
 from tests.e2e.test_commands import server_process
 from tests.helpers import clean_env, tool
 
+pytestmark = [pytest.mark.aws, pytest.mark.e2e]
+
 
 def test_missing_table_is_one_line(sqs_env: dict[str, str]) -> None:
     env = sqs_env | {"AIRUNNER_DYNAMODB_JOBS_TABLE": "no-such-table"}

@@ -14,6 +14,8 @@ from airunner.store import InvalidArgument, TaskTokenSigner
 from tests.conftest import open_sqs_store
 from tests.helpers import output_event, params, request_id, result, start_event
 
+pytestmark = pytest.mark.aws
+
 SECRET = b"sqs-store-tests"
 
 

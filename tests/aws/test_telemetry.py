@@ -185,6 +185,8 @@ async def _run_one_job(
     return submitted, replayed
 
 
+@pytest.mark.aws
+@pytest.mark.e2e
 async def test_a_job_is_one_trace_from_submit_to_completion(
     receiver: OtlpReceiver, sqs_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -245,6 +247,8 @@ async def test_a_job_is_one_trace_from_submit_to_completion(
     assert all(s.span.kind == Span.SpanKind.SPAN_KIND_SERVER for s in polls)
 
 
+@pytest.mark.aws
+@pytest.mark.e2e
 async def test_metrics_arrive_with_bounded_attributes(
     receiver: OtlpReceiver, sqs_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -285,6 +289,7 @@ def test_telemetry_is_off_without_an_endpoint(monkeypatch: pytest.MonkeyPatch) -
             assert not span.is_recording()
 
 
+@pytest.mark.e2e
 async def test_an_endpoint_that_answers_nothing_changes_no_outcome(tmp_path: Path) -> None:
     with socket.socket() as silent:
         # It listens, and never reads or answers.

@@ -17,6 +17,9 @@ from tests.asgi import lifespan, read_body, respond, serving
 from tests.conftest import Metrics, open_sqs_store
 from tests.helpers import end_event, output_event, params, request_id, result, start_event
 
+# The proxy between the store and moto is an HTTP server on 127.0.0.1.
+pytestmark = [pytest.mark.aws, pytest.mark.e2e]
+
 _JSON = [(b"content-type", b"application/x-amz-json-1.0")]
 _THROTTLED = json.dumps(
     {"__type": "com.amazonaws.dynamodb.v20120810#ThrottlingException", "message": "Rate exceeded"}

@@ -1,6 +1,7 @@
 """Fixtures of the store contract suite: every test runs against every store.
 
-A second store plugs in by adding its name to STORES and a branch to ``store``.
+A second store plugs in by adding its name to STORES (marked ``aws`` if it needs
+moto's server) and a branch to ``store``.
 Time-dependent tests take the ``clock`` fixture: a trio MockClock that jumps
 ahead whenever every task is waiting, for stores whose deadlines are trio times.
 Stores on real clocks (AWS) run the same tests in real time, with short
@@ -18,7 +19,7 @@ import trio.testing
 from airunner.store import JobStore, MemoryJobStore
 from tests.conftest import open_sqs_store
 
-STORES = ["memory", "sqs"]
+STORES = ["memory", pytest.param("sqs", marks=pytest.mark.aws)]
 # Small, so that the overflow case needs few events.
 SUBSCRIBER_BUFFER = 8
 POLL = 5.0

@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 import trio
+import trio.testing
 
 from airunner.api.job.v1.job_pb import JobParams, JobResult, JobState, ProcessType
 from airunner.store import Delivery, InvalidArgument, JobStore, NotFound
@@ -144,7 +145,10 @@ async def test_long_poll_is_woken_by_enqueue(store: JobStore, clock: object, sla
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(poll)
-        await trio.sleep(1)
+        # Until the poll waits: on the memory store's queue (no time passes on the
+        # mock clock, which jumps only when nothing waits for this); for the SQS
+        # store, on its poller's ReceiveMessage, sent to moto and not yet answered.
+        await trio.testing.wait_all_tasks_blocked()
         job_id = await enqueue(store)
         woken_at = trio.current_time()
     assert got[0] is not None
@@ -173,7 +177,8 @@ async def test_each_job_goes_to_one_of_many_waiting_dequeuers(
     async with trio.open_nursery() as nursery:
         for _ in range(5):
             nursery.start_soon(poll)
-        await trio.sleep(1)
+        # Until every poll waits (see test_long_poll_is_woken_by_enqueue).
+        await trio.testing.wait_all_tasks_blocked()
         ids = [await enqueue(store) for _ in range(3)]
     assert sorted(got) == sorted(ids)
 

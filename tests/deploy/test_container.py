@@ -19,6 +19,8 @@ import pytest
 
 from tests.helpers import ROOT, clean_env, tool
 
+pytestmark = pytest.mark.deploy
+
 CONTAINERFILE = ROOT / "Containerfile"
 PREFIX = "/opt/airunner"
 

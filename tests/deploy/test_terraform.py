@@ -16,6 +16,8 @@ import yaml
 from tests.deploy.terraform import MODULE, Module, decode, load
 from tests.helpers import ROOT
 
+pytestmark = pytest.mark.deploy
+
 QUEUES = ("default", "default_dlq", "priority", "priority_dlq")
 SQS_ACTIONS = {
     "sqs:ReceiveMessage",

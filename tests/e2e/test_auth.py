@@ -35,6 +35,7 @@ async def call_with(url: str, token: str | None) -> None:
         clients.close()
 
 
+@pytest.mark.e2e
 async def test_valid_token_is_accepted_on_every_kind_of_call(
     secured: RunningServer, key_pair: KeyPair
 ) -> None:
@@ -57,6 +58,7 @@ def _other_key_token() -> str:
     return jwt.encode({"sub": "x", "exp": int(time.time()) + 60}, other, algorithm="ES256")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("make_token", "message"),
     [
@@ -87,6 +89,7 @@ async def test_bad_tokens_are_unauthenticated(
     assert message in info.value.message
 
 
+@pytest.mark.e2e
 async def test_auth_is_checked_before_the_body_is_read(secured: RunningServer) -> None:
     async with httpx.AsyncClient() as http:
         response = await http.post(
@@ -98,12 +101,14 @@ async def test_auth_is_checked_before_the_body_is_read(secured: RunningServer) -
     assert response.json()["code"] == "unauthenticated"
 
 
+@pytest.mark.e2e
 async def test_health_needs_no_token(secured: RunningServer) -> None:
     async with httpx.AsyncClient() as http:
         response = await http.get(f"{secured.url}/health")
     assert response.status_code == 200
 
 
+@pytest.mark.e2e
 async def test_no_auth_server_takes_calls_without_token(running: RunningServer) -> None:
     await call_with(running.url, None)
 

@@ -20,6 +20,7 @@ from .conftest import KeyPair, RunningServer, run_server
 from .test_drain import SlowEnqueue
 
 
+@pytest.mark.e2e
 async def test_cancelled_long_poll_returns_at_once(running: RunningServer) -> None:
     async with AirunnerClient(running.url) as client:
         start = trio.current_time()
@@ -34,6 +35,7 @@ async def test_cancelled_long_poll_returns_at_once(running: RunningServer) -> No
         await client.list_jobs(ListJobsRequest())
 
 
+@pytest.mark.e2e
 async def test_cancelled_unary_call_returns_at_once() -> None:
     async with run_server(store=SlowEnqueue(10)) as running:  # type: ignore[arg-type]
         async with AirunnerClient(running.url) as client:
@@ -48,6 +50,7 @@ async def test_cancelled_unary_call_returns_at_once() -> None:
         running.server.drain.begin()
 
 
+@pytest.mark.e2e
 async def test_deadline_ends_a_long_poll() -> None:
     async with run_server(poll_window=30) as running, AirunnerClient(running.url) as client:
         start = trio.current_time()
@@ -58,6 +61,7 @@ async def test_deadline_ends_a_long_poll() -> None:
         assert trio.current_time() - start < 5
 
 
+@pytest.mark.e2e
 async def test_errors_keep_their_codes(running: RunningServer) -> None:
     async with AirunnerClient(running.url) as client:
         with pytest.raises(ConnectError) as info:
@@ -71,6 +75,7 @@ def test_server_must_be_an_http_url(server: str) -> None:
         AirunnerClient(server)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 async def test_monitor_stops_promptly_on_a_signal(
     running: RunningServer, signum: signal.Signals
@@ -94,6 +99,7 @@ async def test_monitor_stops_promptly_on_a_signal(
     assert code == 128 + signum
 
 
+@pytest.mark.e2e
 async def test_cli_reports_a_refused_token(key_pair: KeyPair) -> None:
     auth = BearerAuth(load_public_key(key_pair.public_pem))
     async with run_server(auth=auth) as running:

@@ -82,6 +82,9 @@ def test_configuration_errors_are_one_line(
     assert message in lines[0]
 
 
+# A server process that gets as far as listening on 127.0.0.1 (the configuration
+# errors above end before that, and belong to the fast part).
+@pytest.mark.e2e
 def test_port_in_use_is_one_line() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -164,6 +167,7 @@ async def server_process(*args: str, **env: str) -> AsyncIterator[ServerProcess]
         await process.wait()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_server_serves_until_a_signal_then_exits_zero(signum: signal.Signals) -> None:
     async with server_process("--no-auth", "--grace-period", "20") as server:
@@ -180,6 +184,7 @@ async def test_server_serves_until_a_signal_then_exits_zero(signum: signal.Signa
     assert any(f"{signum.name}: draining" in line for line in server.log)
 
 
+@pytest.mark.e2e
 async def test_server_logs_one_json_object_per_line_when_not_on_a_terminal() -> None:
     async with server_process("--no-auth") as server:
         pass
@@ -190,6 +195,7 @@ async def test_server_logs_one_json_object_per_line_when_not_on_a_terminal() -> 
     assert any(e["message"] == "Using in-memory job store" for e in entries)
 
 
+@pytest.mark.e2e
 async def test_server_logs_text_when_told() -> None:
     async with server_process("--no-auth", "--log-format", "text") as server:
         pass
@@ -199,6 +205,7 @@ async def test_server_logs_text_when_told() -> None:
     ), server.lines
 
 
+@pytest.mark.e2e
 async def test_cli_token_is_accepted_by_a_server(key_pair: KeyPair) -> None:
     done = run_command(
         [tool("airunner-cli"), "token", "--subject", "alice", "--ttl", "5m"],
@@ -239,3 +246,16 @@ def test_cli_token_errors(
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("airunner-cli: error: ")
     assert message in line
+
+
+async def test_cli_reports_a_server_that_is_down() -> None:
+    done = await trio.run_process(
+        [tool("airunner-cli"), "submit", "--server", "http://127.0.0.1:9", "--", "true"],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        env=clean_env(),
+    )
+    assert done.returncode == 1
+    [line] = done.stderr.decode().strip().splitlines()
+    assert line.startswith("airunner-cli: error: cannot reach the server at http://127.0.0.1:9")

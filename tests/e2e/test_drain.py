@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
@@ -18,6 +19,8 @@ from tests.helpers import eventually, params, request_id
 
 from .conftest import Clients, run_server
 from .test_rpc import wait_for_dequeuer
+
+pytestmark = pytest.mark.e2e
 
 
 class SlowEnqueue:

@@ -16,6 +16,8 @@ from tests.helpers import ROOT, params, request_id, tool
 from .conftest import RunningServer, run_server
 from .test_rpc import wait_for_dequeuer
 
+pytestmark = pytest.mark.e2e
+
 SCHEMA = str(ROOT / "proto" / "job" / "v1" / "job.proto")
 
 

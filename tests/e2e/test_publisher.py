@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 import trio
 
 from airunner.client import AirunnerClient
@@ -20,6 +21,8 @@ from tests.helpers import (
 )
 
 from .conftest import run_server
+
+pytestmark = pytest.mark.e2e
 
 
 def _free_port() -> int:

@@ -34,6 +34,8 @@ from tests.helpers import (
 
 from .conftest import Clients, RunningServer, run_server
 
+pytestmark = pytest.mark.e2e
+
 PROTOCOLS = [
     pytest.param(ProtocolType.CONNECT, False, id="connect"),
     pytest.param(ProtocolType.GRPC, True, id="grpc"),

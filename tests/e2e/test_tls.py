@@ -23,6 +23,8 @@ from airunner.client import AirunnerClient
 from airunner.http import Drain, build_app
 from airunner.store import MemoryJobStore
 
+pytestmark = pytest.mark.e2e
+
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
