@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 import ssl
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
@@ -59,6 +60,9 @@ DEFAULT_SERVER = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT_SECONDS = 30.0
 # Messages a server stream may have waiting for the trio side.
 _STREAM_BUFFER = 16
+# Unary calls in flight at once, each in a thread of its own (trio's shared
+# default is 40 threads for the whole process).
+DEFAULT_MAX_CALLS = 40
 
 
 class ClientConfigError(ValueError):
@@ -80,9 +84,17 @@ class AirunnerClient:
         token: Bearer token sent with every call, if given.
         verify_tls: When False, trust whatever certificate an https server
             presents (for self-signed certificates); the host name must still match.
+        max_calls: Unary calls in flight at once (each holds a thread).
     """
 
-    def __init__(self, server: str, *, token: str | None = None, verify_tls: bool = True) -> None:
+    def __init__(
+        self,
+        server: str,
+        *,
+        token: str | None = None,
+        verify_tls: bool = True,
+        max_calls: int = DEFAULT_MAX_CALLS,
+    ) -> None:
         parts = urlsplit(server)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ClientConfigError(f"server must be an http:// or https:// URL, got {server!r}")
@@ -91,6 +103,11 @@ class AirunnerClient:
         self._verify_tls = verify_tls
         self._headers: Mapping[str, str] = {"authorization": f"Bearer {token}"} if token else {}
         self._opened: tuple[JobServiceClientSync, JobEventsServiceClientSync] | None = None
+        # Unary calls share this client's threads; a client stream (one per
+        # running job) has a thread of its own for as long as it lasts, so that
+        # many running jobs never leave their heartbeats waiting for a thread.
+        self._calls = trio.CapacityLimiter(max_calls)
+        self._streams = trio.CapacityLimiter(math.inf)
 
     async def __aenter__(self) -> AirunnerClient:
         """Open the connection pool (for ``--no-verify``, after fetching the certificate)."""
@@ -189,11 +206,22 @@ class AirunnerClient:
                 except (trio.EndOfChannel, trio.ClosedResourceError, trio.RunFinishedError):
                     return
 
-        return await self._unary(self._events.publish_job_events, messages(), rpc_timeout)
+        return await self._unary(
+            self._events.publish_job_events, messages(), rpc_timeout, limiter=self._streams
+        )
 
-    async def _unary(self, method: Callable[..., T], request: Any, rpc_timeout: float | None) -> T:
+    async def _unary(
+        self,
+        method: Callable[..., T],
+        request: Any,
+        rpc_timeout: float | None,
+        *,
+        limiter: trio.CapacityLimiter | None = None,
+    ) -> T:
         call = partial(method, request, headers=self._headers, timeout_ms=_millis(rpc_timeout))
-        return await trio.to_thread.run_sync(call, abandon_on_cancel=True)
+        return await trio.to_thread.run_sync(
+            call, abandon_on_cancel=True, limiter=limiter or self._calls
+        )
 
     async def _server_stream(
         self, method: Callable[..., Iterator[T]], request: Any, rpc_timeout: float | None

@@ -24,6 +24,7 @@ class ConfigError(Exception):
 class MemoryStoreSettings:
     default_visibility_timeout: int = rules.DEFAULT_VISIBILITY_TIMEOUT_SECONDS
     token_signing_secret: bytes | None = None
+    max_attempts: int = rules.DEFAULT_MAX_ATTEMPTS
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class SQSStoreSettings:
     default_visibility_timeout: int
     events_ttl_days: int
     token_signing_secret: bytes
+    max_attempts: int = rules.DEFAULT_MAX_ATTEMPTS
 
 
 StoreSettings = MemoryStoreSettings | SQSStoreSettings
@@ -51,6 +53,7 @@ def store_settings_from_env(env: Mapping[str, str]) -> StoreSettings:
         return MemoryStoreSettings(
             default_visibility_timeout=_visibility_timeout(env),
             token_signing_secret=env.get("AIRUNNER_TOKEN_SIGNING_SECRET", "").encode() or None,
+            max_attempts=_max_attempts(env),
         )
     if store_type == "sqs":
         try:
@@ -81,6 +84,7 @@ def _sqs_settings(env: Mapping[str, str]) -> SQSStoreSettings:
         default_visibility_timeout=visibility,
         events_ttl_days=ttl_days,
         token_signing_secret=secret.encode(),
+        max_attempts=_max_attempts(env),
     )
 
 
@@ -91,6 +95,12 @@ def _visibility_timeout(env: Mapping[str, str]) -> int:
         rules.DEFAULT_VISIBILITY_TIMEOUT_SECONDS,
         1,
         rules.MAX_VISIBILITY_TIMEOUT_SECONDS,
+    )
+
+
+def _max_attempts(env: Mapping[str, str]) -> int:
+    return _int_env(
+        env, "AIRUNNER_MAX_ATTEMPTS", rules.DEFAULT_MAX_ATTEMPTS, 1, rules.MAX_ATTEMPTS_LIMIT
     )
 
 

@@ -46,6 +46,7 @@ async def open_store(settings: StoreSettings) -> AsyncIterator[JobStore]:
         yield MemoryJobStore(
             default_visibility_timeout=settings.default_visibility_timeout,
             token_secret=settings.token_signing_secret,
+            max_attempts=settings.max_attempts,
         )
         return
     async with open_aws_clients() as aws:
@@ -57,6 +58,7 @@ async def open_store(settings: StoreSettings) -> AsyncIterator[JobStore]:
             default_visibility_timeout=settings.default_visibility_timeout,
             token_secret=settings.token_signing_secret,
             events_ttl_days=settings.events_ttl_days,
+            max_attempts=settings.max_attempts,
         )
         try:
             await store.check_resources()

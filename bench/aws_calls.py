@@ -120,6 +120,7 @@ async def open_store() -> AsyncIterator[tuple[SQSJobStore, AwsClients, CallCount
             default_visibility_timeout=300,
             token_secret=SECRET,
         )
+        await store.check_resources()
         counter = CallCounter(aws)
         async with trio.open_nursery() as actors:
             for actor in store.actors():

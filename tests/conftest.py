@@ -6,6 +6,7 @@ import itertools
 import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -22,14 +23,14 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from airunner.aws import AwsClients, open_aws_clients
 from airunner.store.sqs import Resources, SQSJobStore, create_resources
-from tests.helpers import clean_env, tool
+from tests.helpers import ROOT, clean_env
 
 _names = itertools.count()
 
 
 @asynccontextmanager
 async def open_sqs_store(
-    *, token_secret: bytes = b"contract-secret"
+    *, token_secret: bytes = b"contract-secret", **options: Any
 ) -> AsyncIterator[tuple[SQSJobStore, AwsClients, Resources]]:
     """An SQS/DynamoDB store on fresh queues and tables, its actors running.
 
@@ -40,7 +41,9 @@ async def open_sqs_store(
         resources = await create_resources(
             aws, environment=name, jobs_table=f"jobs-{name}", events_table=f"events-{name}"
         )
-        async with running_sqs_store(aws, resources, token_secret=token_secret) as store:
+        async with running_sqs_store(
+            aws, resources, token_secret=token_secret, **options
+        ) as store:
             yield store, aws, resources
 
 
@@ -58,6 +61,7 @@ async def running_sqs_store(
         token_secret=token_secret,
         **options,
     )
+    await store.check_resources()
     async with trio.open_nursery() as actors:
         for actor in store.actors():
             await actors.start(actor.run)
@@ -106,11 +110,14 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     port = _free_port()
+    # moto's own server, but with DynamoDB requests one at a time, as atomic as
+    # DynamoDB is (tests/moto_serial.py says why).
     process = subprocess.Popen(
-        [tool("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "tests.moto_serial", "127.0.0.1", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=clean_env(),
+        cwd=ROOT,
     )
     endpoint = f"http://127.0.0.1:{port}"
     try:

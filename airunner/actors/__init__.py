@@ -3,6 +3,7 @@
 - ``HttpFront``: serves the ASGI app with Hypercorn; drains on shutdown.
 - ``VisibilitySweeper``: returns expired deliveries of the memory store to their queue.
 - ``QueuePoller`` (sqs, one per queue): long-polls SQS while dequeuers wait.
+- ``DeadLetterReader`` (sqs, one per dead-letter queue): ends or sends back what lands there.
 - ``VisibilityExtender`` (sqs, one per queue): visibility changes in batch calls.
 - ``EventWriter`` (sqs): events of all jobs in BatchWriteItem calls.
 - ``EventTail`` (sqs): wakes subscribers when another replica stores news of their job.
@@ -16,11 +17,12 @@ from __future__ import annotations
 
 from ._actor import Actor
 from ._batch_call import AwsCallFailed
+from ._dead_letter_reader import DeadLetterReader
 from ._event_tail import INTERVAL_SECONDS as TAIL_INTERVAL_SECONDS
 from ._event_tail import EventTail
 from ._event_writer import EventWriter
 from ._http_front import HttpFront
-from ._queue_poller import QueuePoller
+from ._queue_poller import QueuePoller, Received
 from ._supervisor import RESTART_BACKOFF_INITIAL, supervise
 from ._visibility_extender import VisibilityExtender
 from ._visibility_sweeper import ExpiringDeliveries, VisibilitySweeper
@@ -30,11 +32,13 @@ __all__ = [
     "TAIL_INTERVAL_SECONDS",
     "Actor",
     "AwsCallFailed",
+    "DeadLetterReader",
     "EventTail",
     "EventWriter",
     "ExpiringDeliveries",
     "HttpFront",
     "QueuePoller",
+    "Received",
     "VisibilityExtender",
     "VisibilitySweeper",
     "supervise",

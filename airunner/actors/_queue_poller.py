@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,47 +23,86 @@ log = logging.getLogger(__name__)
 WAIT_SECONDS = 20
 # One ReceiveMessage returns at most this many messages.
 MAX_MESSAGES = 10
-# How long a received message stays ours while it is handed to a dequeuer; the
-# store then sets the dequeuer's own visibility timeout.
-HOLD_SECONDS = 30
+# After a failed receive the poller waits this long, doubling to the maximum,
+# so that an AWS outage costs a call every half minute, not a busy loop.
+BACKOFF_INITIAL_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Received:
+    """A message as the poller received it."""
+
+    message: MessageTypeDef
+
+    @property
+    def receive_count(self) -> int:
+        """Times SQS handed this message out, this one included."""
+        return int(self.message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
+
+    @property
+    def sent_ms(self) -> int:
+        """Unix milliseconds when the message was sent."""
+        return int(self.message.get("Attributes", {}).get("SentTimestamp", "0"))
 
 
 @dataclass(eq=False)
 class _Waiter:
     arrived: trio.Event = field(default_factory=trio.Event)
-    message: MessageTypeDef | None = None
+    received: Received | None = None
 
 
 class QueuePoller:
     """One queue's receiver. ``take`` waits for a message; ``run`` fetches them.
 
     It polls only while somebody waits, asks for no more messages than there are
-    waiters, and releases (visibility 0) a message nobody is left to take. A poll
+    waiters, and gives a message nobody is left to take to ``give_back``. A poll
     in flight is never cancelled: SQS (and moto) would keep it running and hide
-    the next message until its visibility ran out.
+    the next message until its visibility ran out. A failed receive is logged
+    and tried again after a backoff; the waiters keep waiting.
 
     Waiters queue in a deque, not a memory channel: a waiter that is cancelled
     must leave the line at once, so that the next poll asks for no message
     nobody will take (SQS counts every receive towards the dead-letter limit),
     and a request already sent into a channel cannot be taken back.
+
+    Args:
+        sqs: The client.
+        queue: The queue's name, for logs and metrics.
+        url: The queue's URL.
+        hold_seconds: The visibility timeout of a received message until the
+            store decides what to do with it.
+        give_back: Returns a message nobody took to the queue (the store's
+            choice of how); its errors are logged.
     """
 
     restartable = True
 
-    def __init__(self, sqs: SQSClient, queue: str, url: str) -> None:
+    def __init__(
+        self,
+        sqs: SQSClient,
+        queue: str,
+        url: str,
+        *,
+        hold_seconds: int,
+        give_back: Callable[[Received], Awaitable[None]],
+    ) -> None:
         self.name = f"queue poller ({queue})"
         self.queue = queue
         self.url = url
         self._sqs = sqs
+        self._hold_seconds = hold_seconds
+        self._give_back = give_back
         self._waiters: deque[_Waiter] = deque()
         self._wanted = Wakeup()
-        self._releases: trio.Nursery | None = None
+        self._returns: trio.Nursery | None = None
 
-    async def take(self) -> MessageTypeDef:
+    async def take(self) -> Received:
         """The next message of the queue, as soon as one arrives.
 
         Cancellation:
-            Safe: a waiter cancelled before a message reached it takes none.
+            Safe: a waiter cancelled before a message reached it takes none; one
+            that reached it in the same instant is given back.
         """
         waiter = _Waiter()
         self._waiters.append(waiter)
@@ -72,48 +112,51 @@ class QueuePoller:
         except BaseException:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
-            elif waiter.message is not None:
-                # Handed over in the instant this waiter was cancelled.
-                self.release_soon(waiter.message)
+            elif waiter.received is not None:
+                self.give_back_soon(waiter.received)
             raise
-        assert waiter.message is not None
-        return waiter.message
+        assert waiter.received is not None
+        return waiter.received
 
-    def release_soon(self, message: MessageTypeDef) -> None:
-        """Release ``message`` in the background (from a task being cancelled, say)."""
-        if self._releases is not None:
-            self._releases.start_soon(self._release_quietly, message)
+    def give_back_soon(self, received: Received) -> None:
+        """Give ``received`` back in the background (from a task being cancelled, say)."""
+        if self._returns is not None:
+            self._returns.start_soon(self._give_back_quietly, received)
 
-    async def _release_quietly(self, message: MessageTypeDef) -> None:
+    async def _give_back_quietly(self, received: Received) -> None:
         try:
-            await self.release(message)
-        except (BotoCoreError, ClientError) as e:
+            await self._give_back(received)
+        except Exception as e:
             # It comes back anyway once its hold runs out.
-            log.warning("could not release a message of %s: %s", self.name, e)
-
-    async def release(self, message: MessageTypeDef) -> None:
-        """Make a received message visible to the next receive at once."""
-        await self._sqs.change_message_visibility(
-            QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
-        )
+            log.warning("could not give back a message of %s: %s", self.name, e)
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        async with trio.open_nursery() as releases:
-            self._releases = releases
+        backoff = BACKOFF_INITIAL_SECONDS
+        async with trio.open_nursery() as returns:
+            self._returns = returns
             while True:
                 while not self._waiters:
                     await self._wanted.wait()
-                response = await self._sqs.receive_message(
-                    QueueUrl=self.url,
-                    MaxNumberOfMessages=min(MAX_MESSAGES, len(self._waiters)),
-                    WaitTimeSeconds=WAIT_SECONDS,
-                    VisibilityTimeout=HOLD_SECONDS,
-                )
+                try:
+                    response = await self._sqs.receive_message(
+                        QueueUrl=self.url,
+                        MaxNumberOfMessages=min(MAX_MESSAGES, len(self._waiters)),
+                        WaitTimeSeconds=WAIT_SECONDS,
+                        VisibilityTimeout=self._hold_seconds,
+                        MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+                    )
+                except (ClientError, BotoCoreError) as e:
+                    log.warning("%s: receive failed (%s); again in %.0f s", self.name, e, backoff)
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
+                    continue
+                backoff = BACKOFF_INITIAL_SECONDS
                 for message in response.get("Messages", []):
+                    received = Received(message)
                     if self._waiters:
                         waiter = self._waiters.popleft()
-                        waiter.message = message
+                        waiter.received = received
                         waiter.arrived.set()
                     else:
-                        self.release_soon(message)
+                        self.give_back_soon(received)

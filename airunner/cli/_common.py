@@ -13,7 +13,7 @@ import trio
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
-from airunner.client import DEFAULT_SERVER, AirunnerClient, ClientConfigError
+from airunner.client import DEFAULT_MAX_CALLS, DEFAULT_SERVER, AirunnerClient, ClientConfigError
 
 E = TypeVar("E", bound=Exception)
 
@@ -48,9 +48,11 @@ def client_options() -> argparse.ArgumentParser:
     return parser
 
 
-def make_client(args: argparse.Namespace) -> AirunnerClient:
+def make_client(args: argparse.Namespace, *, max_calls: int = DEFAULT_MAX_CALLS) -> AirunnerClient:
     try:
-        return AirunnerClient(args.server, token=args.token, verify_tls=not args.no_verify)
+        return AirunnerClient(
+            args.server, token=args.token, verify_tls=not args.no_verify, max_calls=max_calls
+        )
     except ClientConfigError as e:
         raise CliError(str(e)) from None
 

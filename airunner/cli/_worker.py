@@ -11,6 +11,7 @@ from pathlib import Path
 import trio
 
 from airunner import telemetry
+from airunner.client import DEFAULT_MAX_CALLS
 from airunner.store import rules
 from airunner.worker import Worker, WorkerSettings
 
@@ -75,7 +76,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace, settings: WorkerSettings) -> None:
-    async with make_client(args) as client:
+    # Each running job makes a heartbeat and a completion call at times; the
+    # poll and the event streams have threads of their own.
+    max_calls = max(DEFAULT_MAX_CALLS, 2 * settings.concurrency + 2)
+    async with make_client(args, max_calls=max_calls) as client:
         worker = Worker(client, settings)
         log.info(
             "worker polling queue %s on %s (concurrency %d)",

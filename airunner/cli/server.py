@@ -18,6 +18,7 @@ from airunner.aws import open_aws_clients
 from airunner.config import DEFAULT_LISTEN, ConfigError, parse_listen, store_settings_from_env
 from airunner.http import AuthConfigError, BearerAuth, load_public_key
 from airunner.server import DEFAULT_GRACE_PERIOD_SECONDS, Server, ServerSettings
+from airunner.store import rules
 from airunner.store.sqs import (
     DEFAULT_EVENTS_TABLE,
     DEFAULT_JOBS_TABLE,
@@ -62,6 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     init.add_argument("--environment", default="dev", help="queue name part (default dev)")
     init.add_argument("--jobs-table", default=DEFAULT_JOBS_TABLE)
     init.add_argument("--events-table", default=DEFAULT_EVENTS_TABLE)
+    init.add_argument(
+        "--max-attempts",
+        type=int,
+        default=rules.DEFAULT_MAX_ATTEMPTS,
+        help="runs a job may have; the queues move a message to their dead-letter queue "
+        f"after as many receives (default {rules.DEFAULT_MAX_ATTEMPTS})",
+    )
     args = parser.parse_args(argv)
     if args.command == "init-aws":
         return _init_aws(args)
@@ -85,6 +93,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _init_aws(args: argparse.Namespace) -> int:
+    if not 1 <= args.max_attempts <= rules.MAX_ATTEMPTS_LIMIT:
+        print(
+            f"airunner-server: error: --max-attempts must be between 1 and "
+            f"{rules.MAX_ATTEMPTS_LIMIT}",
+            file=sys.stderr,
+        )
+        return 1
+
     async def create() -> Resources:
         async with open_aws_clients() as aws:
             return await create_resources(
@@ -92,6 +108,7 @@ def _init_aws(args: argparse.Namespace) -> int:
                 environment=args.environment,
                 jobs_table=args.jobs_table,
                 events_table=args.events_table,
+                max_attempts=args.max_attempts,
             )
 
     try:

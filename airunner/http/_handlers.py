@@ -46,6 +46,10 @@ DEQUEUE_POLL_WINDOW_SECONDS = 20.0
 
 _Ctx = RequestContext[Any, Any]
 
+# Releasing a job whose dequeuer left may take this long, even while the server
+# drains; past it the delivery simply expires (it was never taken up).
+RELEASE_SECONDS = 5.0
+
 # The job_params.metadata key that carries the W3C trace context of the job's submitter.
 TRACEPARENT = "traceparent"
 
@@ -94,9 +98,9 @@ class JobServiceHandler(JobService):
                 if not delivered:
                     # The client left before the job reached it: hand the job to
                     # the next dequeuer now, not when its visibility runs out.
-                    with trio.CancelScope(shield=True):
+                    with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_SECONDS):
                         await self._store.release_job(delivery.task_token)
-                    log.info("released job %s: its dequeuer went away", delivery.job.job_id)
+                        log.info("released job %s: its dequeuer went away", delivery.job.job_id)
 
     async def update_job(self, request: UpdateJobRequest, ctx: _Ctx) -> UpdateJobResponse:
         await self._store.update_job(

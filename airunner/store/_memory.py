@@ -35,7 +35,14 @@ from airunner.api.job.v1.job_pb import (
 from airunner.wakeup import Wakeup
 
 from . import rules
-from ._contract import FINAL_STATES, Delivery, EventQuery, JobPage, last_sequence_of, rebased
+from ._contract import (
+    FINAL_STATES,
+    Delivery,
+    EventQuery,
+    JobPage,
+    last_sequence_of,
+    rebased,
+)
 from ._errors import InvalidArgument, NotFound, ResourceExhausted, StaleTaskToken
 from ._ids import new_job_id
 from ._tokens import TaskToken, TaskTokenSigner
@@ -56,7 +63,15 @@ class _JobRecord:
     request_id: str
     # Position in the queue: a released or expired job goes back to its place.
     order: int
+    # Runs the job may have.
+    max_attempts: int
+    # Deliveries so far; the current task token names the last.
     attempt: int = 0
+    # Deliveries a worker took up (a run each), and whether the current one is.
+    runs: int = 0
+    taken_up: bool = False
+    # The visibility timeout the current delivery's dequeuer asked for.
+    visibility: int = 0
     # Trio time at which the current delivery expires, while RUNNING.
     visible_until: float = math.inf
     result: JobResult | None = None
@@ -145,6 +160,8 @@ class MemoryJobStore:
         token_secret: HMAC secret for task tokens; random when not given, so
             tokens do not outlive the process (neither do its jobs).
         subscriber_buffer: Live events one subscriber may have waiting.
+        max_attempts: Runs a job may have unless it says otherwise.
+        confirm_seconds: How long a delivery waits to be taken up.
     """
 
     def __init__(
@@ -154,11 +171,15 @@ class MemoryJobStore:
         default_visibility_timeout: int = rules.DEFAULT_VISIBILITY_TIMEOUT_SECONDS,
         token_secret: bytes | None = None,
         subscriber_buffer: int = DEFAULT_SUBSCRIBER_BUFFER,
+        max_attempts: int = rules.DEFAULT_MAX_ATTEMPTS,
+        confirm_seconds: int = rules.CONFIRM_SECONDS,
     ) -> None:
         self._queues = {name: _Queue() for name in queues}
         self._default_visibility = rules.visibility_timeout(default_visibility_timeout, 300)
         self._signer = TaskTokenSigner(token_secret or os.urandom(32))
         self._subscriber_buffer = subscriber_buffer
+        self._max_attempts = max_attempts
+        self._confirm_seconds = confirm_seconds
         self._jobs: dict[str, _JobRecord] = {}
         self._created: list[_JobRecord] = []
         self._by_request_id: dict[str, _JobRecord] = {}
@@ -185,7 +206,13 @@ class MemoryJobStore:
             updated_at=now,
             execution_config=rules.default_execution_config(),
         )
-        record = _JobRecord(job=job, queue=queue, request_id=request_id, order=next(self._order))
+        record = _JobRecord(
+            job=job,
+            queue=queue,
+            request_id=request_id,
+            order=next(self._order),
+            max_attempts=rules.attempt_limit(params, self._max_attempts),
+        )
         self._jobs[job.job_id] = record
         self._created.append(record)
         self._by_request_id[request_id] = record
@@ -211,7 +238,7 @@ class MemoryJobStore:
     async def release_job(self, task_token: str) -> None:
         await trio.lowlevel.checkpoint()
         _, record = self._current(task_token)
-        self._make_ready(record)
+        self._end_delivery(record)
 
     async def update_job(
         self, queue: str, task_token: str, visibility_timeout_seconds: int
@@ -221,6 +248,7 @@ class MemoryJobStore:
         token, record = self._current(task_token)
         rules.check_token_queue(token, queue)
         visibility = rules.visibility_timeout(visibility_timeout_seconds, self._default_visibility)
+        self._take_up(record)
         self._set_visible_until(record, trio.current_time() + visibility)
         telemetry.jobs_visibility_updates.add(1, {"queue": queue})
 
@@ -238,13 +266,8 @@ class MemoryJobStore:
             rules.check_repeated_completion(record.result, result)
             return
         _, record = self._current(task_token)
-        record.result = copy.deepcopy(result)
-        record.visible_until = math.inf
-        state = JobState.COMPLETED if result.success else JobState.FAILED
-        self._set_state(record, state)
-        for subscriber in record.subscribers:
-            subscriber.finish()
-        telemetry.jobs_completed.add(1, {"queue": record.queue, "state": state.name})
+        self._take_up(record)
+        self._finish(record, copy.deepcopy(result))
 
     async def list_jobs(self, queue: str, state: JobState, page: int, page_size: int) -> JobPage:
         await trio.lowlevel.checkpoint()
@@ -269,24 +292,16 @@ class MemoryJobStore:
         await trio.lowlevel.checkpoint()
         _, record = self._current(task_token)
         rules.check_events(events)
+        if not record.taken_up:
+            self._take_up(record)
+            self._set_visible_until(record, trio.current_time() + record.visibility)
         telemetry.events_publish.add(len(events), {"queue": record.queue})
         stored_count = 0
         for event in events:
-            sequence = record.sequence_base + event.sequence
-            if sequence in record.events:
+            if record.sequence_base + event.sequence in record.events:
                 continue
             stored_count += 1
-            stored = rebased(event, record.sequence_base)
-            if stored.timestamp is None:
-                stored.timestamp = _now()
-            record.events[sequence] = stored
-            record.last_sequence = max(record.last_sequence, last_sequence_of(stored))
-            if not record.sequences or sequence > record.sequences[-1]:
-                record.sequences.append(sequence)
-            else:
-                bisect.insort(record.sequences, sequence)
-            for subscriber in record.subscribers:
-                subscriber.offer(stored)
+            self._store_event(record, rebased(event, record.sequence_base))
         telemetry.events_persisted.add(stored_count, {"queue": record.queue})
 
     @asynccontextmanager
@@ -332,17 +347,17 @@ class MemoryJobStore:
         return None
 
     def expire_due(self, now: float) -> None:
-        """Return every delivery that expired by ``now`` to its queue."""
+        """End every delivery that expired by ``now``."""
         while (deadline := self.next_expiry()) is not None and deadline <= now:
             _, job_id, _ = heapq.heappop(self._expiries)
             record = self._jobs[job_id]
             log.info(
-                "visibility of job %s (attempt %d) expired; returning it to queue %s",
+                "visibility of job %s (delivery %d, %s) expired",
                 job_id,
                 record.attempt,
-                record.queue,
+                f"run {record.runs}" if record.taken_up else "not taken up",
             )
-            self._make_ready(record)
+            self._end_delivery(record)
 
     # Internals.
 
@@ -370,14 +385,65 @@ class MemoryJobStore:
 
     def _deliver(self, record: _JobRecord, visibility: int) -> Delivery:
         record.attempt += 1
+        record.taken_up = False
+        record.visibility = visibility
         record.sequence_base = record.last_sequence
         self._set_state(record, JobState.RUNNING)
-        self._set_visible_until(record, trio.current_time() + visibility)
+        first = min(visibility, self._confirm_seconds)
+        self._set_visible_until(record, trio.current_time() + first)
         telemetry.jobs_dequeued.add(1, {"queue": record.queue})
         if record.attempt > 1:
             telemetry.jobs_redelivered.add(1, {"queue": record.queue})
         token = self._signer.sign(TaskToken(record.job.job_id, record.queue, record.attempt))
         return Delivery(job=copy.deepcopy(record.job), task_token=token)
+
+    def _take_up(self, record: _JobRecord) -> None:
+        """The worker took the delivery up: it is a run."""
+        if not record.taken_up:
+            record.taken_up = True
+            record.runs += 1
+
+    def _end_delivery(self, record: _JobRecord) -> None:
+        """End a delivery that will not complete the job (released or expired).
+
+        A run that was taken up lost its worker: its log gets a closing event,
+        and the job fails if it had all its runs. A delivery never taken up
+        costs nothing: the job simply goes back to its queue.
+        """
+        if record.taken_up:
+            failed = record.runs >= record.max_attempts
+            last = record.events[record.sequences[-1]] if record.sequences else None
+            if not rules.ends_run(last, record.sequence_base):
+                sequence = record.last_sequence + 1
+                closing = rules.lost_run_event(sequence, record.runs, failed=failed)
+                self._store_event(record, closing)
+            if failed:
+                self._finish(record, rules.exhausted_result(record.job.job_id, record.runs))
+                return
+        self._make_ready(record)
+
+    def _finish(self, record: _JobRecord, result: JobResult) -> None:
+        record.result = result
+        record.visible_until = math.inf
+        state = JobState.COMPLETED if result.success else JobState.FAILED
+        self._set_state(record, state)
+        for subscriber in record.subscribers:
+            subscriber.finish()
+        telemetry.jobs_completed.add(1, {"queue": record.queue, "state": state.name})
+
+    def _store_event(self, record: _JobRecord, stored: JobEvent) -> None:
+        """Keep an event (its sequence already past earlier runs'); tell subscribers."""
+        if stored.timestamp is None:
+            stored.timestamp = _now()
+        sequence = stored.sequence
+        record.events[sequence] = stored
+        record.last_sequence = max(record.last_sequence, last_sequence_of(stored))
+        if not record.sequences or sequence > record.sequences[-1]:
+            record.sequences.append(sequence)
+        else:
+            bisect.insort(record.sequences, sequence)
+        for subscriber in record.subscribers:
+            subscriber.offer(stored)
 
     def _make_ready(self, record: _JobRecord) -> None:
         record.visible_until = math.inf

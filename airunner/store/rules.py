@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Sequence
+from typing import Literal
+
+from protobuf import Oneof
+from protobuf.wkt import Timestamp
 
 from airunner.api.job.v1.job_pb import (
     BatchingConfig,
@@ -12,16 +17,26 @@ from airunner.api.job.v1.job_pb import (
     JobParams,
     JobResult,
     JobState,
+    ProcessErrorEvent,
     ProcessType,
 )
 
-from ._contract import EventQuery
+from ._contract import TERMINAL_EVENT_TYPES, EventQuery
 from ._errors import InvalidArgument
 from ._tokens import TaskToken
 
 # SQS refuses a visibility timeout above 12 hours; both stores keep to it.
 MAX_VISIBILITY_TIMEOUT_SECONDS = 12 * 60 * 60
 DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 300
+# A delivery is first invisible for this long at most; the worker takes it up
+# (a first publish or update) well within it, else it goes back to its queue
+# without using an attempt (a worker that froze or left meanwhile).
+CONFIRM_SECONDS = 10
+# Runs a job may have before it fails: a job that kills its worker is not
+# retried for ever, and a flaky machine gets a second and a third chance.
+DEFAULT_MAX_ATTEMPTS = 3
+# Far above any sane retry policy; it bounds how long a job can keep failing.
+MAX_ATTEMPTS_LIMIT = 25
 # One SQS ReceiveMessage returns at most 10 messages.
 MAX_JOBS_PER_DEQUEUE = 10
 # Far above a UUID, far below DynamoDB's 2 KB limit on a key attribute.
@@ -80,6 +95,10 @@ def check_enqueue(
         raise InvalidArgument("job_params.command is required")
     if params.timeout_seconds < 0:
         raise InvalidArgument("job_params.timeout_seconds must not be negative")
+    if not 0 <= params.max_attempts <= MAX_ATTEMPTS_LIMIT:
+        raise InvalidArgument(
+            f"job_params.max_attempts must be between 0 and {MAX_ATTEMPTS_LIMIT}"
+        )
     if params.process_type not in _PROCESS_TYPES:
         raise InvalidArgument(f"job_params.process_type {int(params.process_type)} is unknown")
     size = len(params.to_binary())
@@ -88,6 +107,53 @@ def check_enqueue(
             f"job_params is {size} bytes encoded; the limit is {MAX_JOB_PARAMS_BYTES}"
         )
     return params
+
+
+def attempt_limit(params: JobParams | None, default: int) -> int:
+    """The runs a job may have: its own max_attempts, or the store's default."""
+    return (params.max_attempts if params is not None else 0) or default
+
+
+def lost_run_event(sequence: int, run: int, *, failed: bool) -> JobEvent:
+    """The event that closes a run whose worker was lost (no heartbeat in time).
+
+    ``failed``: it was the job's last allowed run, and the job fails.
+    """
+    message = f"run {run} lost its worker (no heartbeat within its visibility timeout)"
+    if failed:
+        message += f"; the job failed: lost its worker {run} times"
+    else:
+        message += "; the job runs again"
+    return JobEvent(
+        sequence=sequence,
+        timestamp=Timestamp.from_nanos(time.time_ns()),
+        event_type=EventType.PROCESS_ERROR,
+        event_data=Oneof[Literal["process_error"], ProcessErrorEvent](
+            field="process_error", value=ProcessErrorEvent(error_message=message)
+        ),
+    )
+
+
+def ends_run(last: JobEvent | None, sequence_base: int) -> bool:
+    """Whether ``last``, a job's last stored event, ends the current run: it is
+    terminal and the run stored it (its sequence is past the run's base)."""
+    return (
+        last is not None
+        and last.event_type in TERMINAL_EVENT_TYPES
+        and last.sequence > sequence_base
+    )
+
+
+def exhausted_result(job_id: str, runs: int) -> JobResult:
+    """The result of a job whose runs all lost their worker."""
+    now = Timestamp.from_nanos(time.time_ns())
+    return JobResult(
+        job_id=job_id,
+        success=False,
+        exit_code=-1,
+        error_message=f"lost its worker {runs} times",
+        completed_at=now,
+    )
 
 
 def visibility_timeout(seconds: int, default: int) -> int:

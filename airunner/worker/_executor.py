@@ -49,6 +49,12 @@ log = logging.getLogger(__name__)
 # A job whose execution config names no heartbeat interval beats this often
 # (and never less often than three times per visibility timeout).
 DEFAULT_HEARTBEAT_SECONDS = 30
+# A failed heartbeat is tried again after this long, doubling up to the interval.
+HEARTBEAT_RETRY_SECONDS = 1.0
+# No heartbeat gets less time than this, even when the delivery has less left.
+HEARTBEAT_MIN_TIMEOUT_SECONDS = 1.0
+# Removing a job's workspace may take this long while the worker is stopping.
+CLEANUP_SECONDS = 30.0
 # Output chunks read from the process but not yet batched.
 CHUNK_BUFFER = 16
 # CompleteJob is retried this many times on transient errors.
@@ -130,7 +136,9 @@ class JobExecutor:
         try:
             result = await self._run_reporting(workspace, started_at)
         finally:
-            await trio.to_thread.run_sync(lambda: shutil.rmtree(workspace, ignore_errors=True))
+            # Even when the worker is stopping (cancelled): no workspace is left behind.
+            with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_SECONDS):
+                await trio.to_thread.run_sync(lambda: shutil.rmtree(workspace, ignore_errors=True))
         if result is None:
             return None
         with telemetry.tracer.start_as_current_span("complete job"):
@@ -297,23 +305,43 @@ class JobExecutor:
             if config is not None and config.heartbeat_interval_seconds > 0
             else DEFAULT_HEARTBEAT_SECONDS
         )
+        visibility = self._settings.visibility_timeout
         # At least two beats may fail before the delivery expires.
-        interval = min(interval, self._settings.visibility_timeout / 3)
+        interval = min(interval, visibility / 3)
         request = UpdateJobRequest(
             queue=self._settings.queue,
             task_token=self._token,
-            visibility_timeout_seconds=self._settings.visibility_timeout,
+            visibility_timeout_seconds=visibility,
         )
+        # The event stream's first message takes the delivery up at once, for
+        # the visibility timeout; each accepted beat holds it that long again.
+        held_until = trio.current_time() + visibility
+        next_beat = trio.current_time() + interval
+        retry = HEARTBEAT_RETRY_SECONDS
         while True:
-            await trio.sleep(interval)
+            await trio.sleep_until(next_beat)
+            began = trio.current_time()
+            # A beat may take as long as the delivery has left, no longer.
+            left = held_until - began
             try:
-                await self._client.update_job(request, rpc_timeout=interval)
+                await self._client.update_job(
+                    request, rpc_timeout=max(HEARTBEAT_MIN_TIMEOUT_SECONDS, left)
+                )
             except ConnectError as e:
                 if e.code == Code.INVALID_ARGUMENT:
                     log.warning("job %s: lost (%s); not completing it", self.job_id, e.message)
                     delivery.cancel()
                     return
-                log.warning("job %s: heartbeat failed: %s", self.job_id, e.message)
+                log.warning(
+                    "job %s: heartbeat failed (%s); again in %.0f s", self.job_id, e.message, retry
+                )
+                # Again soon, while the delivery lasts: not a whole interval later.
+                next_beat = trio.current_time() + retry
+                retry = min(retry * 2, interval)
+                continue
+            held_until = began + visibility
+            next_beat = began + interval
+            retry = HEARTBEAT_RETRY_SECONDS
 
     async def _complete(self, result: JobResult) -> None:
         backoff = 0.5

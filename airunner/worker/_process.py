@@ -78,38 +78,64 @@ async def run_command(
     """
     async with output:
         process, readers = await _spawn(argv, cwd, env, pty)
-        started_at_ns = time.time_ns()
-        started = time.monotonic()
-        timed_out = False
-        readers_done = trio.Event()
+        try:
+            watchdog = await _start_watchdog(process.pid)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await _stop_group(process, 0)
+            raise
+        try:
+            return await _supervise(process, readers, output, time_limit, on_start, kill_grace)
+        finally:
+            # The job's group is gone; so must be its guard.
+            watchdog.kill()
+            with trio.CancelScope(shield=True):
+                await watchdog.wait()
 
-        async def read_all() -> None:
-            async with trio.open_nursery() as pumps:
-                for stream, kind in readers:
-                    pumps.start_soon(_pump, stream, kind, output.clone())
-            readers_done.set()
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_all)
-            try:
-                await on_start(process.pid, started_at_ns)
-                with trio.move_on_after(time_limit or float("inf")) as timer:
-                    await process.wait()
-                if timer.cancelled_caught:
-                    timed_out = True
-                    await _stop_group(process, kill_grace)
-            except BaseException:
-                with trio.CancelScope(shield=True):
-                    await _stop_group(process, kill_grace)
-                raise
-            # Children left behind keep the output open: give them a moment,
-            # then end them too.
-            with trio.move_on_after(LINGER_SECONDS) as linger:
-                await readers_done.wait()
-            if linger.cancelled_caught:
-                _signal_group(process.pid, signal.SIGKILL)
-                nursery.cancel_scope.cancel()
-        duration = time.monotonic() - started
+async def _supervise(
+    process: trio.Process,
+    readers: list[tuple[trio.abc.ReceiveStream, StreamType]],
+    output: trio.MemorySendChannel[OutputChunk],
+    time_limit: float | None,
+    on_start: Callable[[int, int], Awaitable[None]],
+    kill_grace: float,
+) -> ProcessOutcome:
+    started_at_ns = time.time_ns()
+    started = time.monotonic()
+    timed_out = False
+    readers_done = trio.Event()
+
+    async def read_all() -> None:
+        async with trio.open_nursery() as pumps:
+            for stream, kind in readers:
+                pumps.start_soon(_pump, stream, kind, output.clone())
+        readers_done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_all)
+        try:
+            await on_start(process.pid, started_at_ns)
+            with trio.move_on_after(time_limit or float("inf")) as timer:
+                await process.wait()
+            if timer.cancelled_caught:
+                timed_out = True
+                await _stop_group(process, kill_grace)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await _stop_group(process, kill_grace)
+            raise
+        # Children left behind keep the output open: give them a moment,
+        # then end them too.
+        with trio.move_on_after(LINGER_SECONDS) as linger:
+            await readers_done.wait()
+        if linger.cancelled_caught:
+            _signal_group(process.pid, signal.SIGKILL)
+            nursery.cancel_scope.cancel()
+    # What the job left running without output (a daemon, a sleeping child)
+    # ends with it too.
+    _signal_group(process.pid, signal.SIGKILL)
+    duration = time.monotonic() - started
     code = process.returncode if process.returncode is not None else -signal.SIGKILL
     return ProcessOutcome(
         pid=process.pid,
@@ -167,6 +193,34 @@ async def _spawn(
         raise SpawnError(f"command is not executable: {argv[0]}") from None
     except OSError as e:
         raise SpawnError(f"cannot start {argv[0]}: {e.strerror or e}") from None
+
+
+# Only this process holds the write end of this pipe; the kernel closes it when
+# the process dies, however it dies, and every watchdog reading the other end
+# wakes up.
+_lifeline: tuple[int, int] | None = None
+
+
+async def _start_watchdog(pgid: int) -> trio.Process:
+    """A process that kills the job's process group if the worker dies first.
+
+    Why not a parent-death signal: trio forks from a worker thread, and Linux
+    sends that signal when the forking *thread* ends (trio's idle threads end
+    within seconds), and only to the direct child, not to its children.
+    """
+    global _lifeline
+    if _lifeline is None:
+        # Both ends close on exec: no job inherits either.
+        _lifeline = os.pipe()
+    return await trio.lowlevel.open_process(
+        ["sh", "-c", 'read _; kill -s KILL -- "-$1"', "airunner-watchdog", str(pgid)],
+        stdin=_lifeline[0],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        # Out of the job's group, and of the worker's: a Ctrl-C meant for the
+        # worker does not reach it.
+        start_new_session=True,
+    )
 
 
 def _take_terminal() -> None:

@@ -109,10 +109,11 @@ class EventPublisher:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(call)
             async with send:
-                token = self._token
+                # The token first, alone: the server counts the delivery as taken
+                # up at once, however long the checkout before the first event.
+                await send.send(PublishJobEventsRequest(task_token=self._token))
                 for message in _messages(self._retained):
-                    await send.send(PublishJobEventsRequest(task_token=token, events=message))
-                    token = ""
+                    await send.send(PublishJobEventsRequest(events=message))
                 async for event in self._receive:
                     events = [event]
                     size = len(event.to_binary())
@@ -125,11 +126,7 @@ class EventPublisher:
                         size += len(more.to_binary())
                     for item in events:
                         self._retain(item)
-                    await send.send(PublishJobEventsRequest(task_token=token, events=events))
-                    token = ""
-                if token:
-                    # Nothing was sent on this stream: there is nothing to store.
-                    nursery.cancel_scope.cancel()
+                    await send.send(PublishJobEventsRequest(events=events))
         if failures:
             raise failures[0]
 

@@ -12,7 +12,7 @@ import trio
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
-from airunner.api.job.v1.job_pb import DequeueJobRequest, DequeueJobResponse, UpdateJobRequest
+from airunner.api.job.v1.job_pb import DequeueJobRequest, DequeueJobResponse
 from airunner.client import AirunnerClient
 from airunner.wakeup import Wakeup
 
@@ -32,9 +32,6 @@ BACKOFF_INITIAL_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 30.0
 # One DequeueJob asks for at most this many jobs (the server's limit).
 MAX_JOBS_PER_POLL = 10
-# A job that arrives after the worker began to stop goes back to the queue this
-# soon (the API has no release call; a short visibility is one).
-HAND_BACK_VISIBILITY_SECONDS = 1
 
 
 @dataclass(frozen=True)
@@ -120,7 +117,7 @@ class Worker:
                         async for delivery in deliveries:
                             received += 1
                             if self.stop.is_set():
-                                await self._hand_back(delivery)
+                                self._hand_back(delivery)
                                 continue
                             # Counted now, not when the task starts, so that the
                             # next poll never asks for more than the free slots.
@@ -142,19 +139,11 @@ class Worker:
             await self._slot_freed.wait()
         poll.cancel()
 
-    async def _hand_back(self, delivery: DequeueJobResponse) -> None:
+    def _hand_back(self, delivery: DequeueJobResponse) -> None:
+        # Not taking a delivery up is handing it back: the server returns it to
+        # its queue within seconds, and it uses up none of the job's attempts.
         job_id = delivery.job.job_id if delivery.job else "?"
-        log.info("job %s arrived while stopping; handing it back", job_id)
-        try:
-            await self._client.update_job(
-                UpdateJobRequest(
-                    queue=self._settings.queue,
-                    task_token=delivery.task_token,
-                    visibility_timeout_seconds=HAND_BACK_VISIBILITY_SECONDS,
-                )
-            )
-        except ConnectError as e:
-            log.warning("could not hand back job %s: %s", job_id, e.message)
+        log.info("job %s arrived while stopping; leaving it to another worker", job_id)
 
     async def _run_job(self, delivery: DequeueJobResponse, settings: ExecutorSettings) -> None:
         try:

@@ -4,7 +4,10 @@ locals {
   queue_visibility_timeout = 300
   queue_receive_wait       = 20
   queue_retention          = 1209600 # 14 days
-  max_receive_count        = 3
+  # A message goes to its dead-letter queue after as many receives as a job
+  # may have runs: the server recycles every receive that is not a run, and
+  # fails the job whose message lands there ("lost its worker N times").
+  max_receive_count = var.max_attempts
 }
 
 # SQS: a default and a priority queue, each with a dead-letter queue.

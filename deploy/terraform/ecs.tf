@@ -68,6 +68,7 @@ locals {
     { name = "AIRUNNER_DYNAMODB_EVENTS_TABLE", value = aws_dynamodb_table.job_events.name },
     { name = "AIRUNNER_DEFAULT_VISIBILITY_TIMEOUT", value = "300" },
     { name = "AIRUNNER_EVENTS_TTL_DAYS", value = tostring(var.events_ttl_days) },
+    { name = "AIRUNNER_MAX_ATTEMPTS", value = tostring(var.max_attempts) },
     { name = "AWS_REGION", value = var.aws_region },
     { name = "OTEL_SERVICE_NAME", value = "airunner-server" },
     { name = "OTEL_RESOURCE_ATTRIBUTES", value = "deployment.environment=${var.environment}" },

@@ -28,7 +28,9 @@ resource "aws_iam_role" "task" {
 # Every AWS call the server makes, and nothing more. The batch calls need no
 # actions of their own: ChangeMessageVisibilityBatch is authorized as
 # sqs:ChangeMessageVisibility, and a TransactWriteItems Put as dynamodb:PutItem.
-# BatchGetItem is the event tail's; DescribeTable the start-up check's.
+# BatchGetItem is the event tail's; DescribeTable, GetQueueAttributes and
+# GetQueueUrl (the dead-letter queues, from the redrive policies) the start-up
+# check's. The dead-letter queues are read, and their messages sent back or deleted.
 resource "aws_iam_role_policy" "task_sqs_dynamodb" {
   name = "${local.name}-sqs-dynamodb"
   role = aws_iam_role.task.name
@@ -44,7 +46,8 @@ resource "aws_iam_role_policy" "task_sqs_dynamodb" {
           "sqs:SendMessage",
           "sqs:DeleteMessage",
           "sqs:ChangeMessageVisibility",
-          "sqs:GetQueueAttributes"
+          "sqs:GetQueueAttributes",
+          "sqs:GetQueueUrl"
         ]
         Resource = [
           aws_sqs_queue.default.arn,

@@ -38,6 +38,17 @@ variable "desired_count" {
   default     = 2
 }
 
+variable "max_attempts" {
+  description = "Runs a job may have before it fails (AIRUNNER_MAX_ATTEMPTS; also the queues' maxReceiveCount)"
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = var.max_attempts >= 1 && var.max_attempts <= 25
+    error_message = "max_attempts must be between 1 and 25."
+  }
+}
+
 variable "events_ttl_days" {
   description = "Days job events are kept in DynamoDB (AIRUNNER_EVENTS_TTL_DAYS; 0 keeps them)"
   type        = number

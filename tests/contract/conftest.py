@@ -22,6 +22,9 @@ from tests.conftest import open_sqs_store
 STORES = ["memory", pytest.param("sqs", marks=pytest.mark.aws)]
 # Small, so that the overflow case needs few events.
 SUBSCRIBER_BUFFER = 8
+# Short, so that the stores on real clocks show a delivery nobody took up
+# coming back in a few seconds.
+CONFIRM_SECONDS = 3
 POLL = 5.0
 
 
@@ -49,7 +52,9 @@ async def store(
 ) -> AsyncIterator[JobStore]:
     if store_kind == "memory":
         made: JobStore = MemoryJobStore(
-            token_secret=b"contract-secret", subscriber_buffer=SUBSCRIBER_BUFFER
+            token_secret=b"contract-secret",
+            subscriber_buffer=SUBSCRIBER_BUFFER,
+            confirm_seconds=CONFIRM_SECONDS,
         )
         for actor in made.actors():
             await nursery.start(actor.run)
@@ -57,5 +62,5 @@ async def store(
         return
     # Fresh queues and tables on moto's server for every test.
     request.getfixturevalue("aws_env")
-    async with open_sqs_store() as (sqs_store, _, _):
+    async with open_sqs_store(confirm_seconds=CONFIRM_SECONDS) as (sqs_store, _, _):
         yield sqs_store

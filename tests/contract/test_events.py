@@ -298,13 +298,20 @@ async def test_rerun_job_keeps_one_increasing_event_log(
         await store.publish_events(second.task_token, [start_event(1), output_event(2, b"two")])
         await finish(store, second, 3)
         rerun = await drain(stream)
-    # After the first run's last output item (4), not just its last event (2).
-    assert sequences(rerun) == [5, 6, 7]
+    # The lost run is closed after its last output item (4), not just its last
+    # event (2); the second run follows.
+    assert sequences(rerun) == [5, 6, 7, 8]
     assert [e.event_type for e in rerun] == [
+        EventType.PROCESS_ERROR,
         EventType.PROCESS_START,
         EventType.OUTPUT_BATCH,
         EventType.PROCESS_END,
     ]
-    batch = rerun[1].event_data
+    closing = rerun[0].event_data
+    assert closing is not None
+    assert closing.value.error_message == (  # type: ignore[union-attr]
+        "run 1 lost its worker (no heartbeat within its visibility timeout); the job runs again"
+    )
+    batch = rerun[2].event_data
     assert batch is not None
-    assert batch.value.start_sequence == batch.value.end_sequence == 6  # type: ignore[union-attr]
+    assert batch.value.start_sequence == batch.value.end_sequence == 7  # type: ignore[union-attr]

@@ -76,12 +76,14 @@ def test_four_queues_with_their_names_and_settings(module: Module) -> None:
 
 
 @pytest.mark.parametrize("name", ["default", "priority"])
-def test_each_queue_sends_to_its_dead_letter_queue_after_three_receives(
+def test_each_queue_sends_to_its_dead_letter_queue_after_max_attempts_receives(
     module: Module, name: str
 ) -> None:
     redrive = decode(module.resource("aws_sqs_queue", name)["redrive_policy"])
     assert redrive["deadLetterTargetArn"] == _ref(f"aws_sqs_queue.{name}_dlq.arn")
-    assert module.resolve(redrive["maxReceiveCount"]) == 3
+    # The queues' limit is the jobs' attempt limit (3 by default).
+    assert module.resolve(redrive["maxReceiveCount"]) == _ref("var.max_attempts")
+    assert module.variables["max_attempts"]["default"] == 3
     assert "redrive_policy" not in module.resource("aws_sqs_queue", f"{name}_dlq")
 
 
@@ -208,7 +210,8 @@ def test_task_role_may_use_the_queues_and_tables(module: Module) -> None:
     assert set(statements) == {"AllowSQSOperations", "AllowDynamoDBOperations"}
     sqs, dynamodb = statements["AllowSQSOperations"], statements["AllowDynamoDBOperations"]
     assert sqs["Effect"] == dynamodb["Effect"] == "Allow"
-    assert set(sqs["Action"]) == SQS_ACTIONS
+    # GetQueueUrl: the start-up check finds the dead-letter queues.
+    assert set(sqs["Action"]) == SQS_ACTIONS | {"sqs:GetQueueUrl"}
     assert set(sqs["Resource"]) == {_ref(f"aws_sqs_queue.{name}.arn") for name in QUEUES}
     assert set(dynamodb["Action"]) == DYNAMODB_ACTIONS | {
         "dynamodb:BatchGetItem",
@@ -300,11 +303,13 @@ def test_task_definition_environment_is_the_servers(module: Module) -> None:
         "AIRUNNER_DYNAMODB_EVENTS_TABLE": _ref("aws_dynamodb_table.job_events.name"),
         "AIRUNNER_DEFAULT_VISIBILITY_TIMEOUT": "300",
         "AIRUNNER_EVENTS_TTL_DAYS": _ref("tostring(var.events_ttl_days)"),
+        "AIRUNNER_MAX_ATTEMPTS": _ref("tostring(var.max_attempts)"),
         "AWS_REGION": _ref("var.aws_region"),
         "OTEL_SERVICE_NAME": "airunner-server",
         "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=${var.environment}",
     }
     assert module.variables["events_ttl_days"]["default"] == 30
+    assert module.variables["max_attempts"]["default"] == 3
     # Every AIRUNNER_ variable is one the server reads.
     config = (ROOT / "airunner" / "config.py").read_text()
     for name in environment:

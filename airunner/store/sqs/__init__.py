@@ -7,7 +7,7 @@ AWS failures as store errors; ``_resources`` creating the queues and tables.
 
 from __future__ import annotations
 
-from ._resources import MAX_RECEIVE_COUNT, QUEUE_NAMES, Resources, create_resources
+from ._resources import QUEUE_NAMES, Resources, create_resources
 from ._schema import DEFAULT_EVENTS_TABLE, DEFAULT_JOBS_TABLE, EVENTS_KEY, JOBS_BY_QUEUE_INDEX
 from ._store import SQSJobStore
 
@@ -16,7 +16,6 @@ __all__ = [
     "DEFAULT_JOBS_TABLE",
     "EVENTS_KEY",
     "JOBS_BY_QUEUE_INDEX",
-    "MAX_RECEIVE_COUNT",
     "QUEUE_NAMES",
     "Resources",
     "SQSJobStore",

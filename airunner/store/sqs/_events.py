@@ -25,7 +25,7 @@ from airunner import telemetry
 from airunner.actors import TAIL_INTERVAL_SECONDS, EventTail, EventWriter
 from airunner.api.job.v1.job_pb import JobEvent
 from airunner.aws import AwsClients
-from airunner.store import EventQuery, EventStream, TaskToken, last_sequence_of, rebased, rules
+from airunner.store import EventQuery, EventStream, TaskToken, rebased, rules
 from airunner.wakeup import KeyedWakeup
 
 from . import _schema as schema
@@ -81,22 +81,31 @@ class SQSEvents:
         """Store the events of the delivery behind ``token``, after sequence ``base``."""
         rules.check_events(events)
         telemetry.events_publish.add(len(events), {"queue": token.queue})
+        stored = await self.store(token.job_id, [rebased(event, base) for event in events])
+        telemetry.events_persisted.add(stored, {"queue": token.queue})
+
+    async def store(self, job_id: str, events: Sequence[JobEvent]) -> int:
+        """Store events whose sequences are final (past earlier runs'); wake subscribers.
+
+        Returns how many items that made (a sequence given twice is one).
+        """
+        if not events:
+            return 0
         now_ms = schema.now_ms()
         expires = now_ms // 1000 + self._ttl_seconds if self._ttl_seconds else None
         items: dict[int, dict[str, Any]] = {}
         for event in events:
-            stored = rebased(event, base)
-            if stored.timestamp is None:
-                stored.timestamp = schema.timestamp(now_ms)
+            if event.timestamp is None:
+                event.timestamp = schema.timestamp(now_ms)
             # A sequence sent twice in one call is one item, the later.
-            items[stored.sequence] = schema.event_item(token.job_id, stored, expires)
+            items[event.sequence] = schema.event_item(job_id, event, expires)
         with aws_errors():
             await self.writer.write(list(items.values()))
-        telemetry.events_persisted.add(len(items), {"queue": token.queue})
-        self.changes.wake(token.job_id)
+        self.changes.wake(job_id)
+        return len(items)
 
-    async def last_sequence(self, job_id: str) -> int:
-        """The last sequence the job's stored events cover (0 without events)."""
+    async def last_event(self, job_id: str) -> JobEvent | None:
+        """The job's last stored event, if any."""
         with aws_errors():
             response = await self._dynamodb.query(
                 TableName=self._table,
@@ -107,7 +116,7 @@ class SQSEvents:
                 ConsistentRead=True,
             )
         items = response.get("Items", [])
-        return last_sequence_of(schema.event_from_item(items[0])) if items else 0
+        return schema.event_from_item(items[0]) if items else None
 
     async def events_after(self, job_id: str, sequence: int) -> list[JobEvent]:
         """The job's stored events after ``sequence``, in order, every page."""

@@ -1,24 +1,36 @@
-"""The job lifecycle on SQS and DynamoDB: enqueue, deliver, extend, release, complete, list.
+"""The job lifecycle on SQS and DynamoDB: enqueue, deliver, take up, extend, release, complete.
 
-A job is an item of the jobs table; its SQS message (``{"job_id", "queue",
-"attempt"}``) only says "look at this job". Every delivery bumps the item's
-``attempt`` under a condition, so the item, not SQS, decides which task token
-is current. Expiry needs no sweeper: SQS shows the message again when its
-visibility runs out, and a RUNNING item whose ``visible_until`` passed reads as
-SCHEDULED.
+A job is an item of the jobs table; its one SQS message only says "look at this
+job". Every delivery bumps the item's ``attempt`` under a condition, so the
+item, not SQS, decides which task token is current, and no delivery starts
+while another holds the job. Expiry needs no sweeper: SQS shows the message
+again when its visibility runs out, and a RUNNING item whose ``visible_until``
+passed reads as SCHEDULED.
+
+Receives and attempts. SQS counts every receive of a message towards the
+queue's ``maxReceiveCount`` and then moves it to the dead-letter queue, while a
+job's attempts count only its runs (deliveries a worker took up). The two stay
+in step because a receive that does not become a run is never left on the
+message: a message nobody took, a released delivery and a receive found wasted
+later are *recycled*: a fresh copy is sent (its count starts again), the item
+points to it, and the old one is deleted. So a message reaches the dead-letter
+queue only after ``maxReceiveCount`` runs lost their worker, which, with the
+queues' limit equal to the attempt limit, is when the job has none left; the
+dead-letter reader then fails it. A job allowed more runs than the queue's
+limit is recycled before its message's last receive.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+import math
+from collections.abc import AsyncIterator, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from airunner import telemetry
-from airunner.actors import QueuePoller, VisibilityExtender
+from airunner.actors import DeadLetterReader, QueuePoller, Received, VisibilityExtender
 from airunner.api.job.v1.job_pb import Job, JobParams, JobResult, JobState
 from airunner.aws import AwsClients
 from airunner.store import (
@@ -32,6 +44,7 @@ from airunner.store import (
     TaskToken,
     TaskTokenSigner,
     Unavailable,
+    last_sequence_of,
     new_job_id,
     rules,
 )
@@ -40,13 +53,25 @@ from . import _schema as schema
 from ._aws_errors import ConditionFailed, ReceiptExpired, TransactionCancelled, aws_errors
 
 if TYPE_CHECKING:
-    from types_aiobotocore_sqs.type_defs import MessageTypeDef
+    from ._events import SQSEvents
 
 log = logging.getLogger(__name__)
 
 # How long a delivery in the making may take once its message was received,
 # even if the dequeuer is cancelled meanwhile.
 DELIVERY_SECONDS = 10.0
+# A message naming a job that does not exist yet may belong to an enqueue still
+# writing it; after this long it is a stray (its enqueue failed or lost a race).
+STRAY_AFTER_MS = 60_000
+# How soon such a young message is looked at again.
+STRAY_RETRY_SECONDS = 2
+# Pauses between reads of a job whose message came before the job was written
+# (the enqueue writes it right after sending): about a second in all.
+WRITE_PAUSES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
+# The visibility timeout when a message is made visible at once.
+AT_ONCE = 0
+
+_FINAL_VALUES = [{"N": str(int(state))} for state in FINAL_STATES]
 
 
 class SQSJobs:
@@ -59,8 +84,9 @@ class SQSJobs:
         default_visibility_timeout: Seconds a delivery stays invisible when the
             dequeuer does not say.
         signer: Signs and checks task tokens (one secret on every replica).
-        last_sequence: The last sequence a job's stored events cover; a new
-            delivery's events are stored after it.
+        events: The events half: the last stored event, events the store writes.
+        max_attempts: Runs a job may have unless it says otherwise.
+        confirm_seconds: How long a delivery waits to be taken up.
     """
 
     def __init__(
@@ -71,15 +97,28 @@ class SQSJobs:
         jobs_table: str,
         default_visibility_timeout: int,
         signer: TaskTokenSigner,
-        last_sequence: Callable[[str], Awaitable[int]],
+        events: SQSEvents,
+        max_attempts: int,
+        confirm_seconds: int,
     ) -> None:
         self._aws = aws
         self._urls = dict(queue_urls)
         self._table = jobs_table
         self._default_visibility = default_visibility_timeout
         self._signer = signer
-        self._last_sequence = last_sequence
-        self.pollers = {name: QueuePoller(aws.sqs, name, url) for name, url in self._urls.items()}
+        self._events = events
+        self._max_attempts = max_attempts
+        self._confirm_seconds = confirm_seconds
+        # Each queue's maxReceiveCount and dead-letter queue, from its redrive
+        # policy (read by check_resources).
+        self._max_receives: dict[str, float] = {name: math.inf for name in self._urls}
+        self._dead_letter_urls: dict[str, str] = {}
+        self.pollers = {
+            name: QueuePoller(
+                aws.sqs, name, url, hold_seconds=confirm_seconds, give_back=self._give_back
+            )
+            for name, url in self._urls.items()
+        }
         self.extenders = {
             name: VisibilityExtender(aws.sqs, name, url) for name, url in self._urls.items()
         }
@@ -88,14 +127,41 @@ class SQSJobs:
     def queues(self) -> Collection[str]:
         return self._urls.keys()
 
+    def dead_letter_readers(self) -> list[DeadLetterReader]:
+        """A reader per queue with a dead-letter queue (known after check_resources)."""
+        return [
+            DeadLetterReader(self._aws.sqs, name, url, self._dead_letter)
+            for name, url in self._dead_letter_urls.items()
+        ]
+
     async def check_resources(self) -> None:
-        """Fail now, not at the first request, if a queue or the table is missing.
+        """Fail now, not at the first request, if a queue or the table is missing;
+        learn each queue's redrive policy.
 
         Raises:
             ClientError, BotoCoreError: as AWS answered.
         """
-        for url in self._urls.values():
-            await self._aws.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+        for name, url in self._urls.items():
+            response = await self._aws.sqs.get_queue_attributes(
+                QueueUrl=url, AttributeNames=["QueueArn", "RedrivePolicy"]
+            )
+            attributes = {str(k): v for k, v in response.get("Attributes", {}).items()}
+            policy = schema.redrive_policy(attributes)
+            if policy is not None:
+                self._max_receives[name] = policy.max_receive_count
+                dead_letter = await self._aws.sqs.get_queue_url(
+                    QueueName=policy.queue_name, QueueOwnerAWSAccountId=policy.account
+                )
+                self._dead_letter_urls[name] = dead_letter["QueueUrl"]
+            if self._max_receives[name] < self._max_attempts:
+                log.warning(
+                    "queue %s moves a message to its dead-letter queue after %d receives, "
+                    "fewer than AIRUNNER_MAX_ATTEMPTS (%d): jobs get only %d runs",
+                    name,
+                    self._max_receives[name],
+                    self._max_attempts,
+                    self._max_receives[name],
+                )
         await self._aws.dynamodb.describe_table(TableName=self._table)
 
     # Enqueue.
@@ -111,7 +177,18 @@ class SQSJobs:
             updated_at=schema.timestamp(now_ms),
             execution_config=rules.default_execution_config(),
         )
-        item = schema.job_item(job, queue, request_id)
+        # The message goes first: a job item never exists without its message,
+        # whatever step an enqueue dies at. A message whose job was never
+        # written (the enqueue died, or lost the race for its request id) is a
+        # stray, deleted when received.
+        message_id = await self._send(job.job_id, queue, request_id)
+        item = schema.job_item(
+            job,
+            queue,
+            request_id,
+            message_id=message_id,
+            max_attempts=rules.attempt_limit(params, self._max_attempts),
+        )
         try:
             with aws_errors():
                 # One transaction: two racing requests cannot both create a job.
@@ -129,11 +206,7 @@ class SQSJobs:
                 )
         except TransactionCancelled:
             existing = await self._existing_job(request_id)
-            if not schema.message_sent(existing):
-                # The first request created the job but failed before its message.
-                await self._send(existing)
             return schema.job_from_item(existing, schema.now_ms())
-        await self._send(item)
         telemetry.jobs_enqueued.add(1, {"queue": queue})
         return job
 
@@ -144,19 +217,14 @@ class SQSJobs:
             raise Unavailable("the job of this request_id is being created; retry")
         return item
 
-    async def _send(self, item: Mapping[str, Any]) -> None:
-        queue = schema.queue_of(item)
-        body = {"job_id": item["job_id"]["S"], "queue": queue, "attempt": 0}
+    async def _send(self, job_id: str, queue: str, request_id: str) -> str:
+        """Send a message for the job; return its id."""
         with aws_errors():
-            await self._aws.sqs.send_message(
-                QueueUrl=self._urls[queue], MessageBody=json.dumps(body)
+            response = await self._aws.sqs.send_message(
+                QueueUrl=self._urls[queue],
+                MessageBody=schema.message_body(job_id, queue, request_id),
             )
-            await self._aws.dynamodb.update_item(
-                TableName=self._table,
-                Key={"job_id": item["job_id"]},
-                UpdateExpression="SET message_sent = :yes",
-                ExpressionAttributeValues={":yes": {"BOOL": True}},
-            )
+        return response["MessageId"]
 
     # Deliveries.
 
@@ -169,11 +237,14 @@ class SQSJobs:
         poller = self.pollers[queue]
         with trio.move_on_at(deadline):
             while True:
-                message = await poller.take()
+                received = await poller.take()
                 # Finish what the message started even if the caller is
-                # cancelled meanwhile; then hand the job back if it was.
+                # cancelled meanwhile; then hand the job back if it was. A
+                # delivery cut short by the bound leaves the message to come
+                # back when its hold runs out.
+                delivery = None
                 with trio.CancelScope(shield=True), trio.move_on_after(DELIVERY_SECONDS):
-                    delivery = await self._deliver(poller, message, visibility)
+                    delivery = await self._deliver(poller, received, visibility)
                 if delivery is None:
                     continue
                 try:
@@ -186,31 +257,40 @@ class SQSJobs:
         return None
 
     async def _deliver(
-        self, poller: QueuePoller, message: MessageTypeDef, visibility: int
+        self, poller: QueuePoller, received: Received, visibility: int
     ) -> Delivery | None:
         """Turn a received message into a delivery, or dispose of it."""
-        receipt = message["ReceiptHandle"]
-        try:
-            body = json.loads(message.get("Body", ""))
-            job_id = body["job_id"]
-            if not isinstance(job_id, str) or not job_id or schema.is_claim_key(job_id):
-                raise ValueError(job_id)
-        except (ValueError, KeyError, TypeError):
-            await self._drop(poller, receipt, "poison")
-            return None
-        item = await self.get_item(job_id)
+        item = await self._triage(poller.url, poller.queue, received)
         if item is None:
-            await self._drop(poller, receipt, "poison")
             return None
-        state = schema.stored_state(item)
-        if state in FINAL_STATES:
-            await self._drop(poller, receipt, "finished")
-            return None
+        message = received.message
+        receipt = message["ReceiptHandle"]
+        job_id = schema.job_id_of(item)
         queue = schema.queue_of(item)
-        previous = schema.attempt_of(item)
-        base = await self._last_sequence(job_id)
+        runs = schema.runs_of(item)
+        max_attempts = schema.max_attempts_of(item, self._max_attempts)
+        if runs >= max_attempts:
+            await self._fail_exhausted(item, poller.url, receipt)
+            return None
+        count = received.receive_count
+        wasted = count - 1 > schema.message_runs_of(item)
+        last_receive = count >= self._max_receives[queue] and runs + 1 < max_attempts
+        if wasted or last_receive:
+            await self._recycle(item, poller.url, message)
+            return None
+        base = await self._close_lost_run(item, failed=False)
+        # Until the worker takes it up, the delivery lasts the confirm window at
+        # most. Set before the item says so, from a time before SQS's clock starts.
+        first = min(visibility, self._confirm_seconds)
         now_ms = schema.now_ms()
-        until_ms = now_ms + visibility * 1000
+        until_ms = now_ms + first * 1000
+        try:
+            with aws_errors():
+                await self.extenders[queue].change(receipt, first)
+        except ReceiptExpired:
+            # Received again meanwhile; that receive carries on.
+            return None
+        previous = schema.attempt_of(item)
         try:
             with aws_errors():
                 await self._aws.dynamodb.update_item(
@@ -218,9 +298,17 @@ class SQSJobs:
                     Key=schema.job_key(job_id),
                     UpdateExpression=(
                         "SET #state = :running, attempt = :attempt, receipt_handle = :receipt,"
-                        " visible_until = :until, updated_at = :now, sequence_base = :base"
+                        " visible_until = :until, updated_at = :now, sequence_base = :base,"
+                        " visibility = :visibility, message_id = :message"
                     ),
-                    ConditionExpression="attempt = :previous OR attribute_not_exists(attempt)",
+                    # Nobody delivered it meanwhile, no delivery holds it, it is
+                    # not final, and this is its message.
+                    ConditionExpression=(
+                        "attempt = :previous"
+                        " AND (#state <> :running OR visible_until <= :now)"
+                        " AND NOT #state IN (:final0, :final1, :final2)"
+                        " AND (message_id = :message OR attribute_not_exists(message_id))"
+                    ),
                     ExpressionAttributeNames={"#state": "state"},
                     ExpressionAttributeValues={
                         ":running": {"N": str(int(JobState.RUNNING))},
@@ -230,15 +318,18 @@ class SQSJobs:
                         ":until": {"N": str(until_ms)},
                         ":now": {"N": str(now_ms)},
                         ":base": {"N": str(base)},
+                        ":visibility": {"N": str(visibility)},
+                        ":message": {"S": message["MessageId"]},
+                        ":final0": _FINAL_VALUES[0],
+                        ":final1": _FINAL_VALUES[1],
+                        ":final2": _FINAL_VALUES[2],
                     },
                 )
-                await self.extenders[queue].change(receipt, visibility)
         except ConditionFailed:
-            # Another replica delivered this job meanwhile (SQS can hand a
-            # message out twice); that delivery stands.
+            # Another replica got there first (SQS can hand a message out twice).
             return None
         telemetry.jobs_dequeued.add(1, {"queue": queue})
-        if state == JobState.RUNNING or previous > 0:
+        if previous > 0:
             telemetry.jobs_redelivered.add(1, {"queue": queue})
         item["state"] = {"N": str(int(JobState.RUNNING))}
         item["updated_at"] = {"N": str(now_ms)}
@@ -246,37 +337,304 @@ class SQSJobs:
         token = self._signer.sign(TaskToken(job_id, queue, previous + 1, receipt))
         return Delivery(job=schema.job_from_item(item, now_ms), task_token=token)
 
-    async def _drop(self, poller: QueuePoller, receipt: str, reason: str) -> None:
-        """Delete a message that names no job to run (poison, or a finished job)."""
-        log.info("deleting a %s message from %s", reason, poller.name)
-        telemetry.messages_dropped.add(1, {"queue": poller.queue, "reason": reason})
-        with aws_errors():
-            await self._aws.sqs.delete_message(QueueUrl=poller.url, ReceiptHandle=receipt)
+    async def _triage(self, url: str, queue: str, received: Received) -> dict[str, Any] | None:
+        """The job item a received message should deliver, or None once the
+        message is disposed of: a stray or a finished job's is deleted, a young
+        one that names a job not yet written is looked at again soon, and the
+        job's own message received while a delivery holds the job comes back
+        when that delivery ends."""
+        message = received.message
+        receipt = message["ReceiptHandle"]
+        named = schema.parse_message_body(message.get("Body", ""))
+        if named is None:
+            await self._drop(url, queue, receipt, "poison")
+            return None
+        job_id, request_id = named
+        item = await self.get_item(job_id) or await self._being_written(job_id, received)
+        if item is None:
+            if await self._may_be_written_soon(request_id, job_id, received):
+                with aws_errors():
+                    await self._aws.sqs.change_message_visibility(
+                        QueueUrl=url, ReceiptHandle=receipt, VisibilityTimeout=STRAY_RETRY_SECONDS
+                    )
+            else:
+                await self._drop(url, queue, receipt, "stray")
+            return None
+        if schema.is_final(item):
+            await self._drop(url, queue, receipt, "finished")
+            return None
+        own = schema.message_id_of(item)
+        if own and own != message["MessageId"]:
+            await self._drop(url, queue, receipt, "stray")
+            return None
+        now_ms = schema.now_ms()
+        if schema.is_live(item, now_ms):
+            await self._postpone(item, url, receipt, now_ms)
+            return None
+        return item
+
+    async def _being_written(self, job_id: str, received: Received) -> dict[str, Any] | None:
+        """The job of a young message whose item was not there: an enqueue sends
+        the message just before it writes the job, and a waiting poller can be
+        faster. Read again a few times, briefly."""
+        if schema.now_ms() - received.sent_ms > STRAY_AFTER_MS:
+            return None
+        for pause in WRITE_PAUSES:
+            await trio.sleep(pause)
+            if (item := await self.get_item(job_id)) is not None:
+                return item
+        return None
+
+    async def _may_be_written_soon(self, request_id: str, job_id: str, received: Received) -> bool:
+        """Whether a message naming a missing job may be an enqueue's still writing it."""
+        if schema.now_ms() - received.sent_ms > STRAY_AFTER_MS or not request_id:
+            return False
+        claim = await self.get_item(schema.claim_key(request_id))
+        return claim is None or schema.claimed_job_id(claim) == job_id
+
+    async def _postpone(self, item: dict[str, Any], url: str, receipt: str, now_ms: int) -> None:
+        """The job's message, received again while its delivery is live (SQS can
+        hand a message out twice): hide it until the delivery ends. The newest
+        receipt is the one SQS honours, so the delivery carries on with it."""
+        seconds = max(1, -(-(schema.visible_until(item) - now_ms) // 1000))
+        if url not in self._urls.values():
+            # A dead letter: looked at again once the delivery is over.
+            with aws_errors():
+                await self._aws.sqs.change_message_visibility(
+                    QueueUrl=url, ReceiptHandle=receipt, VisibilityTimeout=seconds
+                )
+            return
+        try:
+            with aws_errors():
+                await self._aws.dynamodb.update_item(
+                    TableName=self._table,
+                    Key=schema.job_key(schema.job_id_of(item)),
+                    UpdateExpression="SET receipt_handle = :receipt",
+                    ConditionExpression="attempt = :attempt",
+                    ExpressionAttributeValues={
+                        ":receipt": {"S": receipt},
+                        ":attempt": {"N": str(schema.attempt_of(item))},
+                    },
+                )
+                await self._aws.sqs.change_message_visibility(
+                    QueueUrl=url, ReceiptHandle=receipt, VisibilityTimeout=seconds
+                )
+        except (ConditionFailed, ReceiptExpired):
+            # The job moved on meanwhile; the message comes back and is looked at again.
+            return
+
+    async def _recycle(self, item: Mapping[str, Any], url: str, message: Any) -> None:
+        """Put a fresh copy of the job's message in its queue in place of this one,
+        whose receive count is spent: the copy starts from none."""
+        job_id = schema.job_id_of(item)
+        queue = schema.queue_of(item)
+        old = message["MessageId"]
+        new = await self._send(job_id, queue, schema.request_id_of(item))
+        try:
+            with aws_errors():
+                await self._aws.dynamodb.update_item(
+                    TableName=self._table,
+                    Key=schema.job_key(job_id),
+                    UpdateExpression="SET message_id = :new, message_runs = :none",
+                    ConditionExpression="message_id = :old",
+                    ExpressionAttributeValues={
+                        ":new": {"S": new},
+                        ":old": {"S": old},
+                        ":none": {"N": "0"},
+                    },
+                )
+        except ConditionFailed:
+            # The job has another message by now: the copy is a stray, and so is this one.
+            pass
+        log.info("job %s: message %s replaced by %s", job_id, old, new)
+        telemetry.messages_dropped.add(1, {"queue": queue, "reason": "recycled"})
+        await self._delete(url, message["ReceiptHandle"])
+
+    async def _give_back(self, received: Received) -> None:
+        """A message the poller received for nobody: recycled, so that the receive
+        uses up nothing."""
+        message = received.message
+        named = schema.parse_message_body(message.get("Body", ""))
+        if named is None:
+            # Poison: deleted when it is next received.
+            return
+        job_id, _ = named
+        item = await self.get_item(job_id)
+        if item is None or schema.is_final(item):
+            return
+        if schema.message_id_of(item) != message["MessageId"]:
+            return
+        await self._recycle(item, self._urls[schema.queue_of(item)], message)
+
+    async def _close_lost_run(self, item: Mapping[str, Any], *, failed: bool) -> int:
+        """If the job's last delivery was a run that lost its worker, and that run
+        stored no final event, store one. Returns the last stored sequence."""
+        job_id = schema.job_id_of(item)
+        last = await self._events.last_event(job_id)
+        base = last_sequence_of(last) if last is not None else 0
+        if schema.taken_up(item) and not rules.ends_run(last, schema.sequence_base(item)):
+            base += 1
+            closing = rules.lost_run_event(base, schema.runs_of(item), failed=failed)
+            await self._events.store(job_id, [closing])
+        return base
+
+    async def _fail_exhausted(self, item: Mapping[str, Any], url: str, receipt: str) -> None:
+        """End a job that had all its runs: FAILED, "lost its worker N times"."""
+        job_id = schema.job_id_of(item)
+        await self._close_lost_run(item, failed=True)
+        result = rules.exhausted_result(job_id, schema.runs_of(item))
+        now_ms = schema.now_ms()
+        try:
+            with aws_errors():
+                await self._aws.dynamodb.update_item(
+                    TableName=self._table,
+                    Key=schema.job_key(job_id),
+                    UpdateExpression="SET #state = :failed, #result = :result, updated_at = :now",
+                    ConditionExpression=(
+                        "attempt = :attempt AND (#state <> :running OR visible_until <= :now)"
+                        " AND NOT #state IN (:final0, :final1, :final2)"
+                    ),
+                    ExpressionAttributeNames={"#state": "state", "#result": "result"},
+                    ExpressionAttributeValues={
+                        ":failed": {"N": str(int(JobState.FAILED))},
+                        ":result": {"S": result.to_json()},
+                        ":now": {"N": str(now_ms)},
+                        ":attempt": {"N": str(schema.attempt_of(item))},
+                        ":running": {"N": str(int(JobState.RUNNING))},
+                        ":final0": _FINAL_VALUES[0],
+                        ":final1": _FINAL_VALUES[1],
+                        ":final2": _FINAL_VALUES[2],
+                    },
+                )
+        except ConditionFailed:
+            # It moved on meanwhile (another replica ended it, or delivered it).
+            return
+        log.warning("job %s failed: %s", job_id, result.error_message)
+        queue = schema.queue_of(item)
+        telemetry.jobs_completed.add(1, {"queue": queue, "state": JobState.FAILED.name})
+        self._events.changes.wake(job_id)
+        await self._delete(url, receipt)
+
+    async def _dead_letter(self, url: str, received: Received) -> None:
+        """A message SQS moved to a dead-letter queue: its job lost its worker as
+        often as the queue allows. It fails, unless it may run again: then its
+        message goes back to its queue, fresh."""
+        message = received.message
+        item = await self._triage(url, "dead letters", received)
+        if item is None:
+            return
+        runs = schema.runs_of(item)
+        if runs >= schema.max_attempts_of(item, self._max_attempts):
+            await self._fail_exhausted(item, url, message["ReceiptHandle"])
+            return
+        log.warning(
+            "job %s: its message reached the dead-letter queue after %d runs; sending it back",
+            schema.job_id_of(item),
+            runs,
+        )
+        await self._recycle(item, url, message)
+
+    async def _drop(self, url: str, queue: str, receipt: str, reason: str) -> None:
+        """Delete a message that names no job to run."""
+        log.info("deleting a %s message from %s", reason, queue)
+        telemetry.messages_dropped.add(1, {"queue": queue, "reason": reason})
+        await self._delete(url, receipt)
+
+    async def _delete(self, url: str, receipt: str) -> None:
+        try:
+            with aws_errors():
+                await self._aws.sqs.delete_message(QueueUrl=url, ReceiptHandle=receipt)
+        except ReceiptExpired:
+            # Received again meanwhile: that receive will see what to do with it.
+            pass
+
+    # The delivery's holder.
+
+    async def take_up(self, token: TaskToken, item: Mapping[str, Any], visibility: int) -> None:
+        """The worker took the delivery up: count a run, hide it for ``visibility``.
+
+        Raises:
+            StaleTaskToken: the delivery is over.
+        """
+        now_ms = schema.now_ms()
+        try:
+            with aws_errors():
+                await self._aws.dynamodb.update_item(
+                    TableName=self._table,
+                    Key=schema.job_key(token.job_id),
+                    UpdateExpression=(
+                        "SET taken_up = :attempt, runs = if_not_exists(runs, :none) + :one,"
+                        " message_runs = if_not_exists(message_runs, :none) + :one,"
+                        " visible_until = :until, updated_at = :now"
+                    ),
+                    ConditionExpression=(
+                        "attempt = :attempt AND #state = :running AND visible_until > :now"
+                        " AND (attribute_not_exists(taken_up) OR taken_up <> :attempt)"
+                    ),
+                    ExpressionAttributeNames={"#state": "state"},
+                    ExpressionAttributeValues={
+                        ":attempt": {"N": str(token.attempt)},
+                        ":running": {"N": str(int(JobState.RUNNING))},
+                        ":until": {"N": str(now_ms + visibility * 1000)},
+                        ":now": {"N": str(now_ms)},
+                        ":none": {"N": "0"},
+                        ":one": {"N": "1"},
+                    },
+                )
+        except ConditionFailed:
+            # Over, or taken up by a concurrent call of the same holder.
+            now = await self.get_item(token.job_id)
+            if now is None or not (
+                schema.is_live(now, schema.now_ms())
+                and schema.attempt_of(now) == token.attempt
+                and schema.taken_up(now)
+            ):
+                raise StaleTaskToken() from None
+            return
+        await self._change_visibility(token, item, visibility)
 
     async def release(self, task_token: str) -> None:
-        token, _ = await self.current(task_token)
-        await self._set_visibility(token, 0, JobState.SCHEDULED)
-
-    async def update(self, queue: str, task_token: str, visibility_timeout_seconds: int) -> None:
-        rules.check_queue(queue, self._urls)
-        token, _ = await self.current(task_token)
-        rules.check_token_queue(token, queue)
-        visibility = rules.visibility_timeout(visibility_timeout_seconds, self._default_visibility)
-        await self._set_visibility(token, visibility, JobState.RUNNING)
-        telemetry.jobs_visibility_updates.add(1, {"queue": queue})
-
-    async def _set_visibility(self, token: TaskToken, seconds: int, state: JobState) -> None:
+        """End a delivery that never reached its dequeuer: the job's message goes
+        back to its queue at once, as a fresh copy (this receive used up nothing)."""
+        token, item = await self.current(task_token)
         await self._update_current(
             token,
             "SET visible_until = :until, #state = :state",
             {
-                ":until": {"N": str(schema.now_ms() + seconds * 1000)},
-                ":state": {"N": str(int(state))},
+                ":until": {"N": str(schema.now_ms())},
+                ":state": {"N": str(int(JobState.SCHEDULED))},
             },
         )
+        message = {
+            "MessageId": schema.message_id_of(item),
+            "ReceiptHandle": schema.receipt_of(item),
+        }
+        await self._recycle(item, self._urls[schema.queue_of(item)], message)
+
+    async def update(self, queue: str, task_token: str, visibility_timeout_seconds: int) -> None:
+        rules.check_queue(queue, self._urls)
+        token, item = await self.current(task_token)
+        rules.check_token_queue(token, queue)
+        visibility = rules.visibility_timeout(visibility_timeout_seconds, self._default_visibility)
+        if not schema.taken_up(item):
+            await self.take_up(token, item, visibility)
+        else:
+            await self._update_current(
+                token,
+                "SET visible_until = :until",
+                {":until": {"N": str(schema.now_ms() + visibility * 1000)}},
+            )
+            await self._change_visibility(token, item, visibility)
+        telemetry.jobs_visibility_updates.add(1, {"queue": queue})
+
+    async def _change_visibility(
+        self, token: TaskToken, item: Mapping[str, Any], seconds: int
+    ) -> None:
+        # The item's receipt: newer than the token's if the message was received again.
+        receipt = schema.receipt_of(item) or token.receipt_handle
         try:
             with aws_errors():
-                await self.extenders[token.queue].change(token.receipt_handle, seconds)
+                await self.extenders[token.queue].change(receipt, seconds)
         except ReceiptExpired:
             raise StaleTaskToken() from None
 
@@ -298,11 +656,8 @@ class SQSJobs:
             {"#result": "result"},
         )
         try:
-            with aws_errors():
-                await self._aws.sqs.delete_message(
-                    QueueUrl=self._urls[token.queue], ReceiptHandle=token.receipt_handle
-                )
-        except (Unavailable, ResourceExhausted, ReceiptExpired) as e:
+            await self._delete(self._urls[token.queue], schema.receipt_of(item))
+        except (Unavailable, ResourceExhausted) as e:
             # The job is final in the table; its message, if it comes back, is dropped.
             log.warning("could not delete the message of job %s: %s", token.job_id, e)
         telemetry.jobs_completed.add(1, {"queue": token.queue, "state": final.name})

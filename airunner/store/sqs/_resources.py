@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from airunner.aws import AwsClients
+from airunner.store import rules
 
 from ._schema import (
     DEFAULT_EVENTS_TABLE,
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
     from types_aiobotocore_sqs.literals import QueueAttributeNameType
 
 QUEUE_NAMES = ("default", "priority")
-# A message received this many times without being deleted goes to the DLQ.
-MAX_RECEIVE_COUNT = 3
 QUEUE_ATTRIBUTES: dict[QueueAttributeNameType, str] = {
     "VisibilityTimeout": "300",
     "ReceiveMessageWaitTimeSeconds": "20",
@@ -44,6 +43,7 @@ class Resources:
     dead_letter_queue_urls: dict[str, str]
     jobs_table: str
     events_table: str
+    max_attempts: int = rules.DEFAULT_MAX_ATTEMPTS
 
     def environment(self) -> dict[str, str]:
         """The server's environment for these resources."""
@@ -52,6 +52,7 @@ class Resources:
             "AIRUNNER_SQS_QUEUE_DEFAULT": self.queue_urls["default"],
             "AIRUNNER_DYNAMODB_JOBS_TABLE": self.jobs_table,
             "AIRUNNER_DYNAMODB_EVENTS_TABLE": self.events_table,
+            "AIRUNNER_MAX_ATTEMPTS": str(self.max_attempts),
         }
         if "priority" in self.queue_urls:
             env["AIRUNNER_SQS_QUEUE_PRIORITY"] = self.queue_urls["priority"]
@@ -64,8 +65,14 @@ async def create_resources(
     environment: str,
     jobs_table: str = DEFAULT_JOBS_TABLE,
     events_table: str = DEFAULT_EVENTS_TABLE,
+    max_attempts: int = rules.DEFAULT_MAX_ATTEMPTS,
 ) -> Resources:
-    """Create the queues (each with its DLQ) and both tables; existing ones are kept."""
+    """Create the queues (each with its DLQ) and both tables; existing ones are kept.
+
+    A queue moves a message to its DLQ after ``max_attempts`` receives: the
+    store keeps receives in step with runs, so that happens when the job has
+    had all its runs (docs/ARCHITECTURE.md, "Receives and attempts").
+    """
     queue_urls, dlq_urls = {}, {}
     for name in QUEUE_NAMES:
         base = f"airunner-{environment}-{name}"
@@ -81,7 +88,7 @@ async def create_resources(
         dlq_arn = (
             await aws.sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
         )["Attributes"]["QueueArn"]
-        redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVE_COUNT}
+        redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_attempts}
         queue_urls[name] = (
             await aws.sqs.create_queue(
                 QueueName=base,
@@ -97,7 +104,7 @@ async def create_resources(
             TableName=events_table,
             TimeToLiveSpecification={"Enabled": True, "AttributeName": EVENTS_TTL_ATTRIBUTE},
         )
-    return Resources(queue_urls, dlq_urls, jobs_table, events_table)
+    return Resources(queue_urls, dlq_urls, jobs_table, events_table, max_attempts)
 
 
 async def _create_table(aws: AwsClients, definition: dict[str, Any]) -> None:

@@ -1,14 +1,23 @@
-"""The DynamoDB schema of the SQS store, whole: tables, keys, indexes, TTL, items.
+"""The data model of the SQS store, whole: its messages, tables, keys, indexes and items.
+
+A job's SQS message has the body ``{"job_id", "queue", "request_id"}``: it only
+says "look at this job". A job has one message at a time, whose id the job
+item holds; another message naming the job is a stray and is deleted.
 
 Jobs table, key ``job_id`` (S). Two kinds of item share it:
 
 - a **job**: ``job_id``, ``queue`` (S), ``state`` (N, a JobState), ``job_params``
   (M, the JobParams as JSON), ``request_id`` (S), ``created_at`` and
-  ``updated_at`` (N, Unix ms), ``execution_config`` (B, protobuf), ``attempt``
-  (N, deliveries so far; the current task token names it), and once delivered
-  ``receipt_handle`` (S), ``visible_until`` (N, Unix ms), ``sequence_base`` (N,
-  the last sequence earlier deliveries stored), ``message_sent`` (BOOL, its SQS
-  message went out), and once final ``result`` (S, the JobResult as JSON);
+  ``updated_at`` (N, Unix ms), ``execution_config`` (B, protobuf),
+  ``max_attempts`` (N, runs it may have), ``message_id`` (S, its message),
+  ``attempt`` (N, deliveries so far; the current task token names it), and once
+  delivered ``receipt_handle`` (S, of the current delivery's receive),
+  ``visible_until`` (N, Unix ms), ``visibility`` (N, seconds the dequeuer asked
+  for), ``sequence_base`` (N, the last sequence earlier deliveries stored),
+  ``taken_up`` (N, the last delivery a worker took up), ``runs`` (N, deliveries
+  taken up), ``message_runs`` (N, runs on the current message, which has been
+  received once more than that unless a receive was wasted), and once final
+  ``result`` (S, the JobResult as JSON);
 - a **claim** of a request id: key ``request#<request_id>``, ``target_job_id``
   (S), ``created_at``. Written in one transaction with its job under
   ``attribute_not_exists``, it makes EnqueueJob idempotent under races.
@@ -28,6 +37,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from protobuf.wkt import Timestamp
@@ -111,7 +121,9 @@ def claimed_job_id(claim: Mapping[str, Any]) -> str:
     return str(claim["target_job_id"]["S"])
 
 
-def job_item(job: Job, queue: str, request_id: str) -> dict[str, Any]:
+def job_item(
+    job: Job, queue: str, request_id: str, *, message_id: str, max_attempts: int
+) -> dict[str, Any]:
     """A new job's item."""
     params = job.job_params or JobParams()
     config = job.execution_config or ExecutionConfig()
@@ -124,7 +136,11 @@ def job_item(job: Job, queue: str, request_id: str) -> dict[str, Any]:
         "created_at": {"N": str(ms(job.created_at))},
         "updated_at": {"N": str(ms(job.updated_at))},
         "execution_config": {"B": config.to_binary()},
+        "max_attempts": {"N": str(max_attempts)},
+        "message_id": {"S": message_id},
         "attempt": {"N": "0"},
+        "runs": {"N": "0"},
+        "message_runs": {"N": "0"},
     }
 
 
@@ -158,6 +174,10 @@ def is_final(item: Mapping[str, Any]) -> bool:
     return stored_state(item) in FINAL_STATES
 
 
+def job_id_of(item: Mapping[str, Any]) -> str:
+    return str(item["job_id"]["S"])
+
+
 def queue_of(item: Mapping[str, Any]) -> str:
     return str(item["queue"]["S"])
 
@@ -174,8 +194,46 @@ def sequence_base(item: Mapping[str, Any]) -> int:
     return int(item.get("sequence_base", {"N": "0"})["N"])
 
 
-def message_sent(item: Mapping[str, Any]) -> bool:
-    return bool(item.get("message_sent", {}).get("BOOL"))
+def _number(item: Mapping[str, Any], name: str, default: int = 0) -> int:
+    return int(item[name]["N"]) if name in item else default
+
+
+def runs_of(item: Mapping[str, Any]) -> int:
+    return _number(item, "runs")
+
+
+def message_runs_of(item: Mapping[str, Any]) -> int:
+    return _number(item, "message_runs")
+
+
+def max_attempts_of(item: Mapping[str, Any], default: int) -> int:
+    return _number(item, "max_attempts", default)
+
+
+def visibility_of(item: Mapping[str, Any]) -> int:
+    return _number(item, "visibility")
+
+
+def taken_up(item: Mapping[str, Any]) -> bool:
+    """Whether a worker took the last delivery up (it is, or was, a run)."""
+    return attempt_of(item) > 0 and _number(item, "taken_up") == attempt_of(item)
+
+
+def is_live(item: Mapping[str, Any], now_ms: int) -> bool:
+    """Whether a delivery holds the job now."""
+    return stored_state(item) == JobState.RUNNING and visible_until(item) > now_ms
+
+
+def message_id_of(item: Mapping[str, Any]) -> str:
+    return str(item.get("message_id", {}).get("S", ""))
+
+
+def receipt_of(item: Mapping[str, Any]) -> str:
+    return str(item.get("receipt_handle", {}).get("S", ""))
+
+
+def request_id_of(item: Mapping[str, Any]) -> str:
+    return str(item.get("request_id", {}).get("S", ""))
 
 
 def result_json(item: Mapping[str, Any]) -> str | None:
@@ -205,6 +263,45 @@ def event_from_item(item: Mapping[str, Any]) -> JobEvent:
 
 def sequence_of(item: Mapping[str, Any]) -> int:
     return int(item["sequence"]["N"])
+
+
+# Messages.
+
+
+def message_body(job_id: str, queue: str, request_id: str) -> str:
+    return json.dumps({"job_id": job_id, "queue": queue, "request_id": request_id})
+
+
+def parse_message_body(text: str) -> tuple[str, str] | None:
+    """The job id and request id a message names; None if it names no job."""
+    try:
+        body = json.loads(text)
+        job_id, request_id = body["job_id"], body.get("request_id", "")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not isinstance(job_id, str) or not job_id or is_claim_key(job_id):
+        return None
+    return job_id, request_id if isinstance(request_id, str) else ""
+
+
+@dataclass(frozen=True)
+class RedrivePolicy:
+    """Where a queue moves a message received too often, and after how many receives."""
+
+    max_receive_count: int
+    queue_name: str
+    account: str
+
+
+def redrive_policy(attributes: Mapping[str, str]) -> RedrivePolicy | None:
+    """A queue's redrive policy, from its attributes; None if it has none."""
+    text = attributes.get("RedrivePolicy")
+    if not text:
+        return None
+    policy = json.loads(text)
+    # arn:aws:sqs:REGION:ACCOUNT:NAME
+    arn = str(policy["deadLetterTargetArn"]).split(":")
+    return RedrivePolicy(int(policy["maxReceiveCount"]), queue_name=arn[5], account=arn[4])
 
 
 # Values.

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from airunner.actors import TAIL_INTERVAL_SECONDS, Actor
 from airunner.api.job.v1.job_pb import Job, JobEvent, JobParams, JobResult, JobState
 from airunner.aws import AwsClients
-from airunner.store import Delivery, EventQuery, EventStream, JobPage, TaskTokenSigner
+from airunner.store import Delivery, EventQuery, EventStream, JobPage, TaskTokenSigner, rules
 
 from . import _schema as schema
 from ._events import SQSEvents
@@ -34,6 +34,11 @@ class SQSJobStore:
         token_secret: HMAC secret for task tokens, the same on every replica.
         events_ttl_days: Days events are kept (DynamoDB TTL); 0 keeps them.
         tail_interval: Seconds between looks for news that other replicas stored.
+        max_attempts: Runs a job may have unless it says otherwise.
+        confirm_seconds: How long a delivery waits to be taken up.
+
+    Call ``check_resources`` before ``actors``: it learns the queues' dead-letter
+    queues, which have actors of their own.
     """
 
     def __init__(
@@ -47,6 +52,8 @@ class SQSJobStore:
         token_secret: bytes,
         events_ttl_days: int = 0,
         tail_interval: float = TAIL_INTERVAL_SECONDS,
+        max_attempts: int = rules.DEFAULT_MAX_ATTEMPTS,
+        confirm_seconds: int = rules.CONFIRM_SECONDS,
     ) -> None:
         self._events = SQSEvents(
             aws,
@@ -62,7 +69,9 @@ class SQSJobStore:
             jobs_table=jobs_table,
             default_visibility_timeout=default_visibility_timeout,
             signer=TaskTokenSigner(token_secret),
-            last_sequence=self._events.last_sequence,
+            events=self._events,
+            max_attempts=max_attempts,
+            confirm_seconds=confirm_seconds,
         )
 
     async def check_resources(self) -> None:
@@ -82,6 +91,7 @@ class SQSJobStore:
         return [
             *self._jobs.pollers.values(),
             *self._jobs.extenders.values(),
+            *self._jobs.dead_letter_readers(),
             self._events.writer,
             self._events.tail,
         ]
@@ -115,6 +125,9 @@ class SQSJobStore:
 
     async def publish_events(self, task_token: str, events: Sequence[JobEvent]) -> None:
         token, item = await self._jobs.current(task_token)
+        rules.check_events(events)
+        if not schema.taken_up(item):
+            await self._jobs.take_up(token, item, schema.visibility_of(item))
         await self._events.publish(token, schema.sequence_base(item), events)
 
     @asynccontextmanager

@@ -40,7 +40,9 @@ class JobService(Protocol):
     def dequeue_job(self, request: DequeueJobRequest, ctx: RequestContext[DequeueJobRequest, DequeueJobResponse], /) -> AsyncIterator[DequeueJobResponse]:
         """
         Long poll: up to max_jobs jobs, each with a task token; ends with no
-        message when the poll window closes.
+        message when the poll window closes. A delivery the worker does not take
+        up (a first PublishJobEvents message or UpdateJob) within 10 s goes back
+        to its queue without using an attempt.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -181,7 +183,9 @@ class JobServiceClient(ConnectClient):
     ) -> AsyncIterator[DequeueJobResponse]:
         """
         Long poll: up to max_jobs jobs, each with a task token; ends with no
-        message when the poll window closes.
+        message when the poll window closes. A delivery the worker does not take
+        up (a first PublishJobEvents message or UpdateJob) within 10 s goes back
+        to its queue without using an attempt.
         """
         return self.execute_server_stream(
             request=request,
@@ -276,7 +280,9 @@ class JobServiceSync(Protocol):
     def dequeue_job(self, request: DequeueJobRequest, ctx: RequestContext[DequeueJobRequest, DequeueJobResponse], /) -> Iterator[DequeueJobResponse]:
         """
         Long poll: up to max_jobs jobs, each with a task token; ends with no
-        message when the poll window closes.
+        message when the poll window closes. A delivery the worker does not take
+        up (a first PublishJobEvents message or UpdateJob) within 10 s goes back
+        to its queue without using an attempt.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -415,7 +421,9 @@ class JobServiceClientSync(ConnectClientSync):
     ) -> Iterator[DequeueJobResponse]:
         """
         Long poll: up to max_jobs jobs, each with a task token; ends with no
-        message when the poll window closes.
+        message when the poll window closes. A delivery the worker does not take
+        up (a first PublishJobEvents message or UpdateJob) within 10 s goes back
+        to its queue without using an attempt.
         """
         return self.execute_server_stream(
             request=request,
