@@ -33,7 +33,7 @@ from airunner.api.job.v1.job_pb import (
     UpdateJobRequest,
     UpdateJobResponse,
 )
-from airunner.store import InvalidArgument, JobStore, rules
+from airunner.store import InvalidArgument, JobStore, StoreError, rules
 
 from ._drain import Drain
 from ._errors import error_reason
@@ -99,8 +99,13 @@ class JobServiceHandler(JobService):
                     # The client left before the job reached it: hand the job to
                     # the next dequeuer now, not when its visibility runs out.
                     with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_SECONDS):
-                        await self._store.release_job(delivery.task_token)
-                        log.info("released job %s: its dequeuer went away", delivery.job.job_id)
+                        try:
+                            await self._store.release_job(delivery.task_token)
+                        except StoreError as e:
+                            # Its delivery expires on its own: it was never taken up.
+                            log.warning("could not release job %s: %s", delivery.job.job_id, e)
+                        else:
+                            log.info("released job %s: its dequeuer left", delivery.job.job_id)
 
     async def update_job(self, request: UpdateJobRequest, ctx: _Ctx) -> UpdateJobResponse:
         await self._store.update_job(

@@ -12,7 +12,7 @@ import trio
 from airunner.api.job.v1.job_pb import JobState
 from airunner.store import InvalidArgument, TaskTokenSigner
 from tests.conftest import open_sqs_store
-from tests.helpers import output_event, params, request_id, result, start_event
+from tests.helpers import eventually, output_event, params, request_id, result, start_event
 
 pytestmark = pytest.mark.aws
 
@@ -86,9 +86,10 @@ async def test_running_job_whose_message_reappears_is_delivered_again(
         await store.complete_job(second.task_token, result(job.job_id))
 
 
-async def test_message_received_three_times_lands_in_the_dead_letter_queue(
-    aws_env: dict[str, str],
+async def test_a_message_received_too_often_reaches_the_dead_letter_reader(
+    aws_env: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO)
     async with open_sqs_store(token_secret=SECRET) as (_, aws, resources):
         url = resources.queue_urls["default"]
         await aws.sqs.send_message(QueueUrl=url, MessageBody="a message nobody deletes")
@@ -97,9 +98,14 @@ async def test_message_received_three_times_lands_in_the_dead_letter_queue(
                 QueueUrl=url, VisibilityTimeout=0, WaitTimeSeconds=1
             )
             assert len(got.get("Messages", [])) == 1
+        # The fourth receive moves it to the dead-letter queue, whose reader deletes it.
         assert await _receive_all(aws, url) == []
-        dead = await _receive_all(aws, resources.dead_letter_queue_urls["default"])
-        assert [m["Body"] for m in dead] == ["a message nobody deletes"]
+        await eventually(lambda: "deleting a poison message from dead letters" in caplog.text)
+        dead_letters = resources.dead_letter_queue_urls["default"]
+        attributes = await aws.sqs.get_queue_attributes(
+            QueueUrl=dead_letters, AttributeNames=["ApproximateNumberOfMessages"]
+        )
+        assert attributes["Attributes"]["ApproximateNumberOfMessages"] == "0"
 
 
 async def test_events_are_written_25_items_per_batch_at_most(aws_env: dict[str, str]) -> None:

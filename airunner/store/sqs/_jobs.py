@@ -71,7 +71,12 @@ WRITE_PAUSES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
 # The visibility timeout when a message is made visible at once.
 AT_ONCE = 0
 
+
 _FINAL_VALUES = [{"N": str(int(state))} for state in FINAL_STATES]
+
+
+class _Stray(Exception):
+    """The message names a job that will never exist."""
 
 
 class SQSJobs:
@@ -350,16 +355,20 @@ class SQSJobs:
             await self._drop(url, queue, receipt, "poison")
             return None
         job_id, request_id = named
-        item = await self.get_item(job_id) or await self._being_written(job_id, received)
+        item = await self.get_item(job_id)
         if item is None:
-            if await self._may_be_written_soon(request_id, job_id, received):
+            try:
+                written = await self._being_written(job_id, request_id, received)
+            except _Stray:
+                await self._drop(url, queue, receipt, "stray")
+                return None
+            if written is None:
                 with aws_errors():
                     await self._aws.sqs.change_message_visibility(
                         QueueUrl=url, ReceiptHandle=receipt, VisibilityTimeout=STRAY_RETRY_SECONDS
                     )
-            else:
-                await self._drop(url, queue, receipt, "stray")
-            return None
+                return None
+            item = written
         if schema.is_final(item):
             await self._drop(url, queue, receipt, "finished")
             return None
@@ -373,24 +382,30 @@ class SQSJobs:
             return None
         return item
 
-    async def _being_written(self, job_id: str, received: Received) -> dict[str, Any] | None:
-        """The job of a young message whose item was not there: an enqueue sends
-        the message just before it writes the job, and a waiting poller can be
-        faster. Read again a few times, briefly."""
-        if schema.now_ms() - received.sent_ms > STRAY_AFTER_MS:
-            return None
-        for pause in WRITE_PAUSES:
-            await trio.sleep(pause)
-            if (item := await self.get_item(job_id)) is not None:
-                return item
-        return None
+    async def _being_written(
+        self, job_id: str, request_id: str, received: Received
+    ) -> dict[str, Any] | None:
+        """The job of a message whose job item was not there, if it is being written.
 
-    async def _may_be_written_soon(self, request_id: str, job_id: str, received: Received) -> bool:
-        """Whether a message naming a missing job may be an enqueue's still writing it."""
-        if schema.now_ms() - received.sent_ms > STRAY_AFTER_MS or not request_id:
-            return False
-        claim = await self.get_item(schema.claim_key(request_id))
-        return claim is None or schema.claimed_job_id(claim) == job_id
+        An enqueue sends the message just before it writes the job (with the
+        claim of its request id, in one transaction), and a waiting poller can
+        be faster. Returns the item once written, or None if it is still not
+        there after a second or so.
+
+        Raises:
+            _Stray: it never will be (the claim names another job, or the
+                message is too old).
+        """
+        if not request_id or schema.now_ms() - received.sent_ms > STRAY_AFTER_MS:
+            raise _Stray()
+        for pause in WRITE_PAUSES:
+            claim = await self.get_item(schema.claim_key(request_id))
+            if claim is not None:
+                if schema.claimed_job_id(claim) != job_id:
+                    raise _Stray()
+                return await self.get_item(job_id)
+            await trio.sleep(pause)
+        return None
 
     async def _postpone(self, item: dict[str, Any], url: str, receipt: str, now_ms: int) -> None:
         """The job's message, received again while its delivery is live (SQS can
