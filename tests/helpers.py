@@ -6,6 +6,7 @@ import itertools
 import os
 import re
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -98,6 +99,15 @@ async def read_until(stream: trio.abc.ReceiveStream | None, marker: bytes) -> by
                 raise AssertionError(f"stream ended before {marker!r}: {seen!r}")
             seen += chunk
     return seen
+
+
+def process_ended(pid: int) -> bool:
+    """Whether process ``pid`` has ended. It need not be our child, so it may stay
+    a zombie until whoever inherited it reaps it: that counts as ended."""
+    status = subprocess.run(
+        ["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return status[:1] in ("", "Z")
 
 
 def tool(name: str) -> str:

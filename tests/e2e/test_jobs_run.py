@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from airunner.api.job.v1.job_pb import EventType, JobState
+from airunner.api.job.v1.job_pb import EventType, JobParams, JobState
+from airunner.client import AirunnerClient
 from airunner.store import EventQuery, JobStore
-from tests.helpers import clean_env, eventually, read_until, tool
+from airunner.worker import Worker, WorkerSettings
+from tests.helpers import clean_env, eventually, process_ended, read_until, request_id, tool
 
 from .conftest import RunningServer, run_server
 
@@ -204,17 +206,8 @@ async def test_timeout_stops_the_process_group(
     # Until the background child has ended: at once if the timeout stopped it,
     # else once it touched the marker.
     child = int(child_pid.read_text())
-    await eventually(lambda: _ended(child))
+    await eventually(lambda: process_ended(child))
     assert not marker.exists(), "a child of the timed-out job kept running"
-
-
-def _ended(pid: int) -> bool:
-    """Whether process ``pid`` has ended. It is not our child, so it may stay a
-    zombie until whoever inherited it reaps it: that counts as ended."""
-    status = subprocess.run(
-        ["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    return status[:1] in ("", "Z")
 
 
 @pytest.mark.parametrize(
@@ -542,3 +535,68 @@ async def test_stopping_the_worker_cuts_a_hung_checkout_short(cli: Cli, tmp_path
     assert (await store.get_job(job.job_id)).state == JobState.FAILED
     done = await cli.run("monitor", job.job_id)
     assert b"the worker stopped before the job started" in done.stderr
+
+
+# Faults: a killed worker, many jobs at once, a cancelled worker.
+
+
+def _sh(script: str, **fields: object) -> JobParams:
+    return JobParams(command="sh", args=["-c", script], **fields)  # type: ignore[arg-type]
+
+
+async def test_a_killed_workers_job_processes_die_with_it(cli: Cli, tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    # The job's shell, and a child that would outlive it.
+    script = f"sleep 300 & echo $! >> {pids}; echo $$ >> {pids}; wait"
+    await cli.server.store.enqueue_job(request_id(), "default", _sh(script))
+    async with cli.worker() as worker:
+        await eventually(lambda: pids.exists() and len(pids.read_text().split()) == 2)
+        worker.send_signal(signal.SIGKILL)
+    for pid in map(int, pids.read_text().split()):
+        await eventually(lambda pid=pid: process_ended(pid))  # type: ignore[misc]
+
+
+async def test_many_running_jobs_keep_their_heartbeats(cli: Cli, tmp_path: Path) -> None:
+    # More jobs than trio's default 40 threads, each holding an event stream,
+    # with heartbeats every second: none may lose its delivery.
+    jobs = 45
+    store = cli.server.store
+    ids = [
+        (await store.enqueue_job(request_id(), "default", _sh("echo start; sleep 5"))).job_id
+        for _ in range(jobs)
+    ]
+    async with cli.worker("--visibility-timeout", "3", "--concurrency", str(jobs)):
+        with trio.fail_after(60):
+            for job_id in ids:
+                await eventually(lambda job_id=job_id: _final(store, job_id))  # type: ignore[misc]
+    for job_id in ids:
+        assert (await store.get_job(job_id)).state == JobState.COMPLETED
+        async with store.subscribe_events(job_id, EventQuery()) as stream:
+            types = []
+            while (event := await stream.receive()) is not None:
+                types.append(event.event_type)
+        # One run, never lost.
+        assert types.count(EventType.PROCESS_START) == 1, job_id
+        assert EventType.PROCESS_ERROR not in types, job_id
+
+
+def _final(store: JobStore, job_id: str) -> bool:
+    return store._jobs[job_id].state in (JobState.COMPLETED, JobState.FAILED)  # type: ignore[attr-defined, no-any-return]
+
+
+async def test_a_cancelled_worker_leaves_no_workspace(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    async with run_server() as running:
+        await running.store.enqueue_job(request_id(), "default", _sh(f"touch {started}; sleep 60"))
+        async with AirunnerClient(running.url) as client:
+            worker = Worker(client, WorkerSettings(work_dir=work_dir, kill_grace=1))
+            with trio.fail_after(30):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(worker.run)
+                    await eventually(started.exists)
+                    assert list(work_dir.iterdir())
+                    # Cancelled outright, as when the worker's run is torn down.
+                    nursery.cancel_scope.cancel()
+    assert list(work_dir.iterdir()) == []
