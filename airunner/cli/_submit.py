@@ -32,6 +32,7 @@ _CONFIG_KEYS = {
     "timeout": "timeout_seconds",
     "timeout_seconds": "timeout_seconds",
     "working_directory": "working_directory",
+    "max_attempts": "max_attempts",
     "queue": "queue",
 }
 # The names --process-type and a job file's process_type accept.
@@ -54,6 +55,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     submit.add_argument("--env", action="append", default=[], metavar="K=V", help="environment")
     submit.add_argument("--process-type", choices=sorted(_PROCESS_TYPES), help="pipe or pty")
     submit.add_argument("--timeout", type=int, metavar="SECONDS", help="stop the job after this")
+    submit.add_argument(
+        "--max-attempts",
+        type=int,
+        metavar="N",
+        help="runs the job may have if its worker is lost (default: the server's, 3)",
+    )
     submit.add_argument("--commit", help="commit to check out")
     submit.add_argument("--branch", help="branch to check out")
     submit.add_argument("--working-directory", help="directory inside the checkout to run in")
@@ -80,6 +87,7 @@ def job_request(args: argparse.Namespace) -> EnqueueJobRequest:
         "owner": args.owner,
         "process_type": args.process_type,
         "timeout_seconds": args.timeout,
+        "max_attempts": args.max_attempts,
         "working_directory": args.working_directory,
     }
     for field, value in overrides.items():
@@ -150,6 +158,10 @@ def _set_param(params: JobParams, field: str, value: Any, where: str) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise CliError(f"{where} must be a whole number of seconds, got {value!r}")
         params.timeout_seconds = value
+    elif field == "max_attempts":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CliError(f"{where} must be a whole number of runs, 1 or more, got {value!r}")
+        params.max_attempts = value
     else:
         if isinstance(value, (dict, list)):
             raise CliError(f"{where} must be a string")

@@ -31,11 +31,13 @@ def test_flags_override_the_job_file(tmp_path: Path) -> None:
     config.write_text(
         "repository: https://example.com/repo.git\n"
         "command: make\nargs: [test]\nqueue: priority\nprocess_type: pty\n"
-        "timeout_seconds: 60\nenvironment: {A: '1', B: '2'}\nbranch: main\n"
+        "timeout_seconds: 60\nenvironment: {A: '1', B: '2'}\nbranch: main\nmax_attempts: 2\n"
     )
     request = parse(
         "--config", str(config), "--branch", "dev", "--env", "B=3", "--request-id", "r-1"
     )
+    assert request.job_params.max_attempts == 2
+    assert parse("--config", str(config), "--max-attempts", "5").job_params.max_attempts == 5
     params = request.job_params
     assert (request.queue, request.request_id) == ("priority", "r-1")
     assert (params.command, params.args, params.branch) == ("make", ["test"], "dev")
@@ -59,6 +61,7 @@ def test_json_job_file(tmp_path: Path) -> None:
         ("command: x\nrepo: y\n", "unknown keys repo"),
         ("command: x\ntimeout_seconds: soon\n", "whole number of seconds"),
         ("command: x\nprocess_type: tty\n", "must be pipe or pty"),
+        ("command: x\nmax_attempts: 0\n", "1 or more"),
         ("command: x\nenvironment: [A]\n", "must be a mapping"),
     ],
 )
