@@ -600,3 +600,35 @@ async def test_a_cancelled_worker_leaves_no_workspace(tmp_path: Path) -> None:
                     # Cancelled outright, as when the worker's run is torn down.
                     nursery.cancel_scope.cancel()
     assert list(work_dir.iterdir()) == []
+
+
+async def test_a_frozen_workers_job_goes_to_another_within_seconds(
+    cli: Cli, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    store = cli.server.store
+    async with cli.worker() as frozen:
+        await frozen.logged("worker polling")
+        frozen.send_signal(signal.SIGSTOP)
+        try:
+            job = await store.enqueue_job(
+                request_id(), "default", _sh(f"echo run >> {runs}; echo hi")
+            )
+            # Written into the frozen worker's open poll, which cannot take it up.
+            await eventually(lambda: _state(store, job.job_id) == JobState.RUNNING)
+            async with cli.worker():
+                # Back in the queue within the confirm window (10 s), not after
+                # the visibility timeout (300 s).
+                with trio.fail_after(25):
+                    done = await cli.run("monitor", job.job_id)
+        finally:
+            frozen.send_signal(signal.SIGCONT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"hi\n"
+    assert runs.read_text() == "run\n"
+    async with store.subscribe_events(job.job_id, EventQuery()) as stream:
+        types = []
+        while (event := await stream.receive()) is not None:
+            types.append(event.event_type)
+    # The delivery nobody took up was no run: nothing to close.
+    assert EventType.PROCESS_ERROR not in types

@@ -41,6 +41,7 @@ from airunner.store import (
     NotFound,
     ResourceExhausted,
     StaleTaskToken,
+    StoreError,
     TaskToken,
     TaskTokenSigner,
     Unavailable,
@@ -256,7 +257,11 @@ class SQSJobs:
                     await trio.lowlevel.checkpoint_if_cancelled()
                 except trio.Cancelled:
                     with trio.CancelScope(shield=True), trio.move_on_after(DELIVERY_SECONDS):
-                        await self.release(delivery.task_token)
+                        try:
+                            await self.release(delivery.task_token)
+                        except StoreError as e:
+                            # Never taken up, it comes back within the confirm window.
+                            log.warning("could not release job %s: %s", delivery.job.job_id, e)
                     raise
                 return delivery
         return None
