@@ -22,7 +22,8 @@ from ._event_tail import INTERVAL_SECONDS as TAIL_INTERVAL_SECONDS
 from ._event_tail import EventTail
 from ._event_writer import EventWriter
 from ._http_front import HttpFront
-from ._queue_poller import QueuePoller, Received
+from ._queue_poller import QueuePoller
+from ._receiver import Received
 from ._supervisor import RESTART_BACKOFF_INITIAL, supervise
 from ._visibility_extender import VisibilityExtender
 from ._visibility_sweeper import ExpiringDeliveries, VisibilitySweeper

@@ -7,15 +7,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
-from botocore.exceptions import BotoCoreError, ClientError
 
-from ._queue_poller import (
-    BACKOFF_INITIAL_SECONDS,
-    BACKOFF_MAX_SECONDS,
-    MAX_MESSAGES,
-    WAIT_SECONDS,
-    Received,
-)
+from ._receiver import MAX_MESSAGES, Received, Receiver
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
@@ -53,24 +46,10 @@ class DeadLetterReader:
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        backoff = BACKOFF_INITIAL_SECONDS
+        receiver = Receiver(self._sqs, self._url, self.name)
         while True:
-            try:
-                response = await self._sqs.receive_message(
-                    QueueUrl=self._url,
-                    MaxNumberOfMessages=MAX_MESSAGES,
-                    WaitTimeSeconds=WAIT_SECONDS,
-                    VisibilityTimeout=HOLD_SECONDS,
-                    MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
-                )
-            except (ClientError, BotoCoreError) as e:
-                log.warning("%s: receive failed (%s); again in %.0f s", self.name, e, backoff)
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
-                continue
-            backoff = BACKOFF_INITIAL_SECONDS
-            for message in response.get("Messages", []):
+            for received in await receiver.receive(MAX_MESSAGES, HOLD_SECONDS):
                 try:
-                    await self._handle(self._url, Received(message))
+                    await self._handle(self._url, received)
                 except Exception as e:
                     log.warning("%s: could not handle a message (%s); it comes back", self.name, e)

@@ -9,41 +9,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import trio
-from botocore.exceptions import BotoCoreError, ClientError
 
 from airunner.wakeup import Wakeup
 
+from ._receiver import Received, Receiver
+
 if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
-    from types_aiobotocore_sqs.type_defs import MessageTypeDef
 
 log = logging.getLogger(__name__)
-
-# SQS's longest long poll.
-WAIT_SECONDS = 20
-# One ReceiveMessage returns at most this many messages.
-MAX_MESSAGES = 10
-# After a failed receive the poller waits this long, doubling to the maximum,
-# so that an AWS outage costs a call every half minute, not a busy loop.
-BACKOFF_INITIAL_SECONDS = 1.0
-BACKOFF_MAX_SECONDS = 30.0
-
-
-@dataclass(frozen=True)
-class Received:
-    """A message as the poller received it."""
-
-    message: MessageTypeDef
-
-    @property
-    def receive_count(self) -> int:
-        """Times SQS handed this message out, this one included."""
-        return int(self.message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
-
-    @property
-    def sent_ms(self) -> int:
-        """Unix milliseconds when the message was sent."""
-        return int(self.message.get("Attributes", {}).get("SentTimestamp", "0"))
 
 
 @dataclass(eq=False)
@@ -132,28 +106,13 @@ class QueuePoller:
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        backoff = BACKOFF_INITIAL_SECONDS
+        receiver = Receiver(self._sqs, self.url, self.name)
         async with trio.open_nursery() as returns:
             self._returns = returns
             while True:
                 while not self._waiters:
                     await self._wanted.wait()
-                try:
-                    response = await self._sqs.receive_message(
-                        QueueUrl=self.url,
-                        MaxNumberOfMessages=min(MAX_MESSAGES, len(self._waiters)),
-                        WaitTimeSeconds=WAIT_SECONDS,
-                        VisibilityTimeout=self._hold_seconds,
-                        MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
-                    )
-                except (ClientError, BotoCoreError) as e:
-                    log.warning("%s: receive failed (%s); again in %.0f s", self.name, e, backoff)
-                    await trio.sleep(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
-                    continue
-                backoff = BACKOFF_INITIAL_SECONDS
-                for message in response.get("Messages", []):
-                    received = Received(message)
+                for received in await receiver.receive(len(self._waiters), self._hold_seconds):
                     if self._waiters:
                         waiter = self._waiters.popleft()
                         waiter.received = received

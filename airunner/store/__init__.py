@@ -17,6 +17,7 @@ from ._contract import (
     JobStore,
     event_time_ms,
     last_sequence_of,
+    process_error_event,
     rebased,
 )
 from ._errors import (
@@ -52,6 +53,7 @@ __all__ = [
     "event_time_ms",
     "last_sequence_of",
     "new_job_id",
+    "process_error_event",
     "rebased",
     "rules",
 ]

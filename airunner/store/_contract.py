@@ -7,10 +7,14 @@ delivery"); tests/contract runs one suite against every store.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
+
+from protobuf import Oneof
+from protobuf.wkt import Timestamp
 
 from airunner.actors import Actor
 from airunner.api.job.v1.job_pb import (
@@ -20,6 +24,7 @@ from airunner.api.job.v1.job_pb import (
     JobParams,
     JobResult,
     JobState,
+    ProcessErrorEvent,
 )
 
 
@@ -145,6 +150,18 @@ def last_sequence_of(event: JobEvent) -> int:
 
 def event_time_ms(event: JobEvent) -> int:
     return event.timestamp.to_nanos() // 1_000_000 if event.timestamp is not None else 0
+
+
+def process_error_event(sequence: int, message: str) -> JobEvent:
+    """A PROCESS_ERROR event, stamped now: a run that ended without its process's end."""
+    return JobEvent(
+        sequence=sequence,
+        timestamp=Timestamp.from_nanos(time.time_ns()),
+        event_type=EventType.PROCESS_ERROR,
+        event_data=Oneof[Literal["process_error"], ProcessErrorEvent](
+            field="process_error", value=ProcessErrorEvent(error_message=message)
+        ),
+    )
 
 
 def rebased(event: JobEvent, base: int) -> JobEvent:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Sequence
-from typing import Literal
 
-from protobuf import Oneof
 from protobuf.wkt import Timestamp
 
 from airunner.api.job.v1.job_pb import (
@@ -17,11 +15,10 @@ from airunner.api.job.v1.job_pb import (
     JobParams,
     JobResult,
     JobState,
-    ProcessErrorEvent,
     ProcessType,
 )
 
-from ._contract import TERMINAL_EVENT_TYPES, EventQuery
+from ._contract import TERMINAL_EVENT_TYPES, EventQuery, process_error_event
 from ._errors import InvalidArgument
 from ._tokens import TaskToken
 
@@ -124,14 +121,7 @@ def lost_run_event(sequence: int, run: int, *, failed: bool) -> JobEvent:
         message += f"; the job failed: lost its worker {run} times"
     else:
         message += "; the job runs again"
-    return JobEvent(
-        sequence=sequence,
-        timestamp=Timestamp.from_nanos(time.time_ns()),
-        event_type=EventType.PROCESS_ERROR,
-        event_data=Oneof[Literal["process_error"], ProcessErrorEvent](
-            field="process_error", value=ProcessErrorEvent(error_message=message)
-        ),
-    )
+    return process_error_event(sequence, message)
 
 
 def ends_run(last: JobEvent | None, sequence_base: int) -> bool:

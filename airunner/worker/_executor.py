@@ -32,12 +32,12 @@ from airunner.api.job.v1.job_pb import (
     JobParams,
     JobResult,
     ProcessEndEvent,
-    ProcessErrorEvent,
     ProcessStartEvent,
     ProcessType,
     UpdateJobRequest,
 )
 from airunner.client import AirunnerClient
+from airunner.store import process_error_event
 
 from ._batcher import BatchLimits, OutputBatcher, Sequencer
 from ._checkout import CheckoutError, checkout
@@ -272,7 +272,7 @@ class JobExecutor:
         exit_code: int = NO_EXIT_CODE,
     ) -> JobResult:
         log.info("job %s: %s", self.job_id, message)
-        await publisher.publish(_error_event(sequences.take(), message))
+        await publisher.publish(process_error_event(sequences.take(), message))
         return self._result(started_at, exit_code, message)
 
     def _result(self, started_at: int, exit_code: int, error: str) -> JobResult:
@@ -392,16 +392,5 @@ def _end_event(sequence: int, outcome: ProcessOutcome) -> JobEvent:
                 exit_code=outcome.exit_code,
                 run_duration=Duration.from_timedelta(timedelta(seconds=outcome.duration_seconds)),
             ),
-        ),
-    )
-
-
-def _error_event(sequence: int, message: str) -> JobEvent:
-    return JobEvent(
-        sequence=sequence,
-        timestamp=Timestamp.from_nanos(time.time_ns()),
-        event_type=EventType.PROCESS_ERROR,
-        event_data=Oneof[Literal["process_error"], ProcessErrorEvent](
-            field="process_error", value=ProcessErrorEvent(error_message=message)
         ),
     )
