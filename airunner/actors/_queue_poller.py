@@ -109,13 +109,19 @@ class QueuePoller:
         receiver = Receiver(self._sqs, self.url, self.name)
         async with trio.open_nursery() as returns:
             self._returns = returns
-            while True:
-                while not self._waiters:
-                    await self._wanted.wait()
-                for received in await receiver.receive(len(self._waiters), self._hold_seconds):
-                    if self._waiters:
-                        waiter = self._waiters.popleft()
-                        waiter.received = received
-                        waiter.arrived.set()
-                    else:
-                        self.give_back_soon(received)
+            try:
+                await self._poll(receiver)
+            finally:
+                self._returns = None
+
+    async def _poll(self, receiver: Receiver) -> None:
+        while True:
+            while not self._waiters:
+                await self._wanted.wait()
+            for received in await receiver.receive(len(self._waiters), self._hold_seconds):
+                if self._waiters:
+                    waiter = self._waiters.popleft()
+                    waiter.received = received
+                    waiter.arrived.set()
+                else:
+                    self.give_back_soon(received)

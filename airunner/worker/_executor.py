@@ -332,6 +332,17 @@ class JobExecutor:
                     log.warning("job %s: lost (%s); not completing it", self.job_id, e.message)
                     delivery.cancel()
                     return
+                if trio.current_time() >= held_until:
+                    # The server may already have given the job to another
+                    # worker: two runs at once is worse than a rerun.
+                    log.warning(
+                        "job %s: lost (no heartbeat accepted within its visibility timeout: "
+                        "%s); stopping it",
+                        self.job_id,
+                        e.message,
+                    )
+                    delivery.cancel()
+                    return
                 log.warning(
                     "job %s: heartbeat failed (%s); again in %.0f s", self.job_id, e.message, retry
                 )

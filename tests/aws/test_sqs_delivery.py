@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import trio
 
+from airunner.actors import Received
 from airunner.api.job.v1.job_pb import EventType, JobState
 from airunner.aws import AwsClients
 from airunner.store import Delivery, EventQuery, JobStore
@@ -250,3 +251,81 @@ async def test_the_poller_rides_out_failed_receives(
         assert failure.left == 0
         assert "receive failed" in caplog.text
         assert "crashed" not in caplog.text
+
+
+async def test_a_recycled_copy_received_before_the_job_names_it_is_not_dropped(
+    aws_env: dict[str, str],
+) -> None:
+    async with _store() as (store, aws, resources):
+        job = await store.enqueue_job(request_id(), "default", params())
+        released = await _dequeue(store)
+        url = resources.queue_urls["default"]
+        repointing, repoint = trio.Event(), trio.Event()
+        read_once = trio.Event()
+
+        async def hold_repoint(params: dict[str, Any], **_: Any) -> None:
+            # The recycle's update, which points the job to its fresh copy.
+            if "message_id = :new" in params.get("UpdateExpression", ""):
+                repointing.set()
+                await repoint.wait()
+
+        def after_read(**_: Any) -> None:
+            read_once.set()
+
+        item = await store._jobs.get_item(job.job_id)
+        assert item is not None
+        first_message = item["message_id"]["S"]
+        events = aws.dynamodb.meta.events
+        events.register("provide-client-params.dynamodb.UpdateItem", hold_repoint)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.release_job, released.task_token)
+            await repointing.wait()
+            # Another replica's poller receives the fresh copy before the job names it.
+            fresh: list[Any] = []
+            with trio.fail_after(15):
+                while not fresh:
+                    got = await aws.sqs.receive_message(
+                        QueueUrl=url,
+                        WaitTimeSeconds=5,
+                        VisibilityTimeout=30,
+                        MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+                    )
+                    fresh = [m for m in got.get("Messages", []) if m["MessageId"] != first_message]
+            seen: list[dict[str, Any] | None] = []
+
+            async def triage() -> None:
+                seen.append(await store._jobs._triage(url, "default", Received(fresh[0])))
+
+            events.register("after-call.dynamodb.GetItem", after_read)
+            nursery.start_soon(triage)
+            # Once it has read the job still naming the old message, the update lands.
+            await read_once.wait()
+            repoint.set()
+        (triaged,) = seen
+        assert triaged is not None, "the job's fresh copy was dropped as a stray"
+        assert triaged["job_id"]["S"] == job.job_id
+
+
+async def test_a_refused_visibility_change_does_not_end_a_live_run(
+    aws_env: dict[str, str],
+) -> None:
+    async with _store() as (store, aws, _):
+        job = await store.enqueue_job(request_id(), "default", params())
+        delivery = await _dequeue(store, visibility=60)
+        await store.publish_events(delivery.task_token, [start_event(1)])
+        refused: list[bool] = []
+
+        def refuse(params: dict[str, Any], **_: Any) -> None:
+            # As SQS answers an extension past 12 hours since the receive.
+            if not refused:
+                refused.append(True)
+                params["Entries"][0]["VisibilityTimeout"] = 43_201
+
+        aws.sqs.meta.events.register(
+            "provide-client-params.sqs.ChangeMessageVisibilityBatch", refuse
+        )
+        await store.update_job("default", delivery.task_token, 60)
+        assert refused
+        assert (await store.get_job(job.job_id)).state == JobState.RUNNING
+        await store.complete_job(delivery.task_token, result(job.job_id))
+        assert (await store.get_job(job.job_id)).state == JobState.COMPLETED

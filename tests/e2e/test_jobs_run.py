@@ -632,3 +632,23 @@ async def test_a_frozen_workers_job_goes_to_another_within_seconds(
             types.append(event.event_type)
     # The delivery nobody took up was no run: nothing to close.
     assert EventType.PROCESS_ERROR not in types
+
+
+async def test_a_worker_cut_off_from_its_server_stops_the_job_when_its_delivery_ends(
+    tmp_path: Path,
+) -> None:
+    # Past its visibility timeout the server may give the job to another worker:
+    # it must not run in two places at once.
+    pid = tmp_path / "pid"
+    async with run_server(poll_window=5, grace_period=0.1) as running:
+        cli = Cli(running, tmp_path / "work")
+        await running.store.enqueue_job(
+            request_id(), "default", _sh(f"echo $$ > {pid}; exec sleep 60")
+        )
+        async with cli.worker("--visibility-timeout", "3") as worker:
+            await eventually(lambda: pid.exists() and pid.read_text().strip() != "")
+            job_pid = int(pid.read_text())
+            # The server goes away (its context ends below); heartbeats fail.
+            running.server.drain.begin()
+            await worker.logged("no heartbeat accepted within its visibility timeout")
+            await eventually(lambda: process_ended(job_pid))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import AsyncIterator, Collection, Mapping
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -66,6 +67,9 @@ DELIVERY_SECONDS = 10.0
 STRAY_AFTER_MS = 60_000
 # How soon such a young message is looked at again.
 STRAY_RETRY_SECONDS = 2
+# A recycled copy becomes visible this long after it is sent, so that the item
+# names it before any poller receives it.
+RECYCLE_DELAY = 1
 # Pauses between reads of a job whose message came before the job was written
 # (the enqueue writes it right after sending): about a second in all.
 WRITE_PAUSES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
@@ -223,12 +227,13 @@ class SQSJobs:
             raise Unavailable("the job of this request_id is being created; retry")
         return item
 
-    async def _send(self, job_id: str, queue: str, request_id: str) -> str:
-        """Send a message for the job; return its id."""
+    async def _send(self, job_id: str, queue: str, request_id: str, *, delay: int = 0) -> str:
+        """Send a message for the job, visible after ``delay`` seconds; return its id."""
         with aws_errors():
             response = await self._aws.sqs.send_message(
                 QueueUrl=self._urls[queue],
                 MessageBody=schema.message_body(job_id, queue, request_id),
+                DelaySeconds=delay,
             )
         return response["MessageId"]
 
@@ -368,7 +373,7 @@ class SQSJobs:
                 await self._drop(url, queue, receipt, "stray")
                 return None
             if written is None:
-                with aws_errors():
+                with suppress(ReceiptExpired), aws_errors():
                     await self._aws.sqs.change_message_visibility(
                         QueueUrl=url, ReceiptHandle=receipt, VisibilityTimeout=STRAY_RETRY_SECONDS
                     )
@@ -379,13 +384,29 @@ class SQSJobs:
             return None
         own = schema.message_id_of(item)
         if own and own != message["MessageId"]:
-            await self._drop(url, queue, receipt, "stray")
-            return None
+            item = await self._becomes_own(job_id, message["MessageId"], received)
+            if item is None:
+                await self._drop(url, queue, receipt, "stray")
+                return None
         now_ms = schema.now_ms()
         if schema.is_live(item, now_ms):
             await self._postpone(item, url, receipt, now_ms)
             return None
         return item
+
+    async def _becomes_own(
+        self, job_id: str, message_id: str, received: Received
+    ) -> dict[str, Any] | None:
+        """The job's item once it names this message, if the message is young: a
+        recycle sends the fresh copy just before it points the item to it."""
+        if schema.now_ms() - received.sent_ms > STRAY_AFTER_MS:
+            return None
+        for pause in WRITE_PAUSES:
+            await trio.sleep(pause)
+            item = await self.get_item(job_id)
+            if item is None or schema.message_id_of(item) == message_id:
+                return item
+        return None
 
     async def _being_written(
         self, job_id: str, request_id: str, received: Received
@@ -419,7 +440,7 @@ class SQSJobs:
         seconds = max(1, -(-(schema.visible_until(item) - now_ms) // 1000))
         if url not in self._urls.values():
             # A dead letter: looked at again once the delivery is over.
-            with aws_errors():
+            with suppress(ReceiptExpired), aws_errors():
                 await self._aws.sqs.change_message_visibility(
                     QueueUrl=url, ReceiptHandle=receipt, VisibilityTimeout=seconds
                 )
@@ -449,7 +470,7 @@ class SQSJobs:
         job_id = schema.job_id_of(item)
         queue = schema.queue_of(item)
         old = message["MessageId"]
-        new = await self._send(job_id, queue, schema.request_id_of(item))
+        new = await self._send(job_id, queue, schema.request_id_of(item), delay=RECYCLE_DELAY)
         try:
             with aws_errors():
                 await self._aws.dynamodb.update_item(
@@ -480,7 +501,8 @@ class SQSJobs:
             return
         job_id, _ = named
         item = await self.get_item(job_id)
-        if item is None or schema.is_final(item):
+        if item is None or schema.is_final(item) or schema.is_live(item, schema.now_ms()):
+            # Looked at when it comes back after its hold.
             return
         if schema.message_id_of(item) != message["MessageId"]:
             return
@@ -650,13 +672,32 @@ class SQSJobs:
     async def _change_visibility(
         self, token: TaskToken, item: Mapping[str, Any], seconds: int
     ) -> None:
-        # The item's receipt: newer than the token's if the message was received again.
+        """Hide the job's message as long as the item now says, after the item was written.
+
+        The item decides whether the delivery is live, not SQS: if SQS refuses
+        (the message was received again meanwhile, and its newer receipt is in
+        the item; or it has been hidden for 12 hours, SQS's most since its
+        receive), the message comes back, is found live and hidden again with a
+        fresh receipt. So a refusal is tried once more with the item's receipt,
+        then only logged.
+        """
         receipt = schema.receipt_of(item) or token.receipt_handle
-        try:
-            with aws_errors():
-                await self.extenders[token.queue].change(receipt, seconds)
-        except ReceiptExpired:
-            raise StaleTaskToken() from None
+        for _ in range(2):
+            try:
+                with aws_errors():
+                    await self.extenders[token.queue].change(receipt, seconds)
+                return
+            except ReceiptExpired:
+                now = await self.get_item(token.job_id)
+                if now is None or schema.receipt_of(now) in ("", receipt):
+                    break
+                receipt = schema.receipt_of(now)
+        log.info(
+            "job %s: its message could not be hidden for %d s; it is hidden again when it "
+            "comes back",
+            token.job_id,
+            seconds,
+        )
 
     async def complete(self, task_token: str, result: JobResult | None) -> None:
         token = self._signer.verify(task_token)
@@ -669,12 +710,21 @@ class SQSJobs:
             rules.check_repeated_completion(JobResult.from_json(stored), result)
             return
         final = JobState.COMPLETED if result.success else JobState.FAILED
-        await self._update_current(
-            token,
-            "SET #state = :final, #result = :result",
-            {":final": {"N": str(int(final))}, ":result": {"S": result.to_json()}},
-            {"#result": "result"},
-        )
+        try:
+            await self._update_current(
+                token,
+                "SET #state = :final, #result = :result",
+                {":final": {"N": str(int(final))}, ":result": {"S": result.to_json()}},
+                {"#result": "result"},
+            )
+        except StaleTaskToken:
+            # A retry racing the first call: the first may have just completed it.
+            now = await self.get_item(token.job_id)
+            stored = schema.result_json(now) if now is not None else None
+            if now is None or not stored or schema.attempt_of(now) != token.attempt:
+                raise
+            rules.check_repeated_completion(JobResult.from_json(stored), result)
+            return
         try:
             await self._delete(self._urls[token.queue], schema.receipt_of(item))
         except (Unavailable, ResourceExhausted) as e:

@@ -55,6 +55,7 @@ class SQSJobStore:
         max_attempts: int = rules.DEFAULT_MAX_ATTEMPTS,
         confirm_seconds: int = rules.CONFIRM_SECONDS,
     ) -> None:
+        self._visibility = default_visibility_timeout
         self._events = SQSEvents(
             aws,
             jobs_table=jobs_table,
@@ -127,7 +128,7 @@ class SQSJobStore:
         token, item = await self._jobs.current(task_token)
         rules.check_events(events)
         if not schema.taken_up(item):
-            await self._jobs.take_up(token, item, schema.visibility_of(item))
+            await self._jobs.take_up(token, item, schema.visibility_of(item) or self._visibility)
         await self._events.publish(token, schema.sequence_base(item), events)
 
     @asynccontextmanager
