@@ -55,6 +55,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, aclosing, contextmanager, suppress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -449,7 +450,9 @@ class Chaos:
         self.plan = plan
         self.work_dir = work_dir
         self.aws_env = dict(aws_env or {})
+        # The seeded choices (job lengths, whom to kill or stop), and the others.
         self.rng = random.Random(plan.seed)
+        self._any = random.Random()
         self.marker = f"chaos{uuid.uuid4().hex[:12]}"
         self.logs = work_dir / "logs"
         self.runs_dir = work_dir / "runs"
@@ -531,6 +534,7 @@ class Chaos:
         busy = [w for w in candidates if running[w.started.pid]]
         victim = self.rng.choice(busy or candidates)
         self.kills.append(Kill(victim.started.pid, time.time_ns()))
+        self._note(f"SIGKILL worker {victim.slot} pid {victim.started.pid}")
         await victim.started.kill()
         self.retired.append(victim.started)
         self.report.kills += 1
@@ -551,12 +555,20 @@ class Chaos:
         self.report.stopped_running.append(running[victim.started.pid])
         victim.stopped = True
         os.kill(victim.started.pid, signal.SIGSTOP)
+        self._note(f"SIGSTOP worker {victim.slot} pid {victim.started.pid}")
         self.report.stops += 1
         try:
             await trio.sleep(seconds)
         finally:
-            os.kill(victim.started.pid, signal.SIGCONT)
+            with suppress(ProcessLookupError):
+                os.kill(victim.started.pid, signal.SIGCONT)
+            self._note(f"SIGCONT worker {victim.slot} pid {victim.started.pid}")
             victim.stopped = False
+
+    def _note(self, fault: str) -> None:
+        """Log a fault with its wall-clock time (for a post-mortem beside the run files)."""
+        with (self.logs / "faults.log").open("a") as log:
+            log.write(f"{time.time_ns()} {fault}\n")
 
     def _stop_candidates(self) -> tuple[list[Worker], list[Worker], list[Worker]]:
         """Workers running a job with a slot free, those running any, and all (not stopped)."""
@@ -568,6 +580,7 @@ class Chaos:
 
     async def kill_replica(self) -> None:
         index = self.rng.randrange(len(self.replicas))
+        self._note(f"SIGKILL replica {index} pid {self.replicas[index].pid}")
         await self.replicas[index].kill()
         self.retired.append(self.replicas[index])
         self.replicas[index] = await self.start_replica(index)
@@ -650,7 +663,7 @@ class Chaos:
 
     async def states(self, clients: Sequence[AirunnerClient]) -> dict[str, JobState]:
         """Every job's state, from whichever replica answers."""
-        for client in self.rng.sample(list(clients), len(clients)):
+        for client in self._any.sample(list(clients), len(clients)):
             try:
                 page = await client.list_jobs(
                     ListJobsRequest(queue="default", page=1, page_size=1000), rpc_timeout=10
@@ -672,7 +685,8 @@ class Chaos:
                         self._progressed.wake()
                     if final == len(job_ids):
                         break
-                    await trio.sleep(0.5)
+                    # ListJobs reads every job: on moto, not too often.
+                    await trio.sleep(1)
         except trio.TooSlowError:
             states = await self.states(clients)
             pending = sorted(j for j in job_ids if states.get(j) not in FINAL_STATES)
@@ -729,7 +743,7 @@ class Chaos:
                     self.workers.append(await self.start_worker(slot, slot % replicas))
                 for worker in self.workers:
                     await wait_until(
-                        lambda w=worker: logged(w.started.log, "worker polling queue"),
+                        partial(logged, worker.started.log, "worker polling queue"),
                         f"worker {worker.slot} to poll",
                         60,
                     )
@@ -772,7 +786,7 @@ class Chaos:
 
         async def fetch(job_id: str) -> None:
             async with limit:
-                logs[job_id] = await self.events(self.rng.choice(clients), job_id)
+                logs[job_id] = await self.events(self._any.choice(clients), job_id)
 
         async with trio.open_nursery() as nursery:
             for job_id in job_ids.values():
@@ -990,8 +1004,11 @@ class Chaos:
 def _last_sequence(event: JobEvent, problems: list[str], job_id: str) -> int:
     data = event.event_data
     if event.event_type == EventType.OUTPUT_BATCH and data is not None:
+        if data.field != "output_batch":
+            problems.append(f"{job_id}: event {event.sequence} is an output batch without one")
+            return event.sequence
         batch = data.value
-        start, end = batch.start_sequence, batch.end_sequence  # type: ignore[union-attr]
+        start, end = batch.start_sequence, batch.end_sequence
         if start != event.sequence or end < start:
             problems.append(f"{job_id}: output batch {event.sequence} covers {start}..{end}")
         return max(int(end), event.sequence)
@@ -1002,31 +1019,33 @@ def _pid(event: JobEvent) -> int:
     data = event.event_data
     if data is None or data.field != "process_start":
         return 0
-    return int(data.value.pid)  # type: ignore[union-attr]
+    return int(data.value.pid)
 
 
 def _exit_code(event: JobEvent) -> int | None:
     data = event.event_data
     if data is None or data.field != "process_end":
         return None
-    return int(data.value.exit_code)  # type: ignore[union-attr]
+    return int(data.value.exit_code)
 
 
 def _error_message(event: JobEvent) -> str:
     data = event.event_data
     if data is None or data.field != "process_error":
         return ""
-    return str(data.value.error_message)  # type: ignore[union-attr]
+    return str(data.value.error_message)
 
 
 def _describe(event: JobEvent | None) -> str:
     if event is None:
         return "none"
-    detail = {
-        EventType.PROCESS_ERROR: _error_message,
-        EventType.PROCESS_START: lambda e: f"pid {_pid(e)}",
-        EventType.PROCESS_END: lambda e: f"exit code {_exit_code(e)}",
-    }.get(event.event_type, lambda e: "")(event)
+    detail = ""
+    if event.event_type == EventType.PROCESS_ERROR:
+        detail = _error_message(event)
+    elif event.event_type == EventType.PROCESS_START:
+        detail = f"pid {_pid(event)}"
+    elif event.event_type == EventType.PROCESS_END:
+        detail = f"exit code {_exit_code(event)}"
     return f"{event.event_type.name} {detail}".strip()
 
 
