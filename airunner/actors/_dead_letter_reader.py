@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # A dead letter being handled is hidden this long; one whose handling failed
-# comes back after it.
-HOLD_SECONDS = 60
+# comes back after it. (One taken by a replica that died in its long poll is
+# hidden this long too.)
+HOLD_SECONDS = 15
 
 
 class DeadLetterReader:

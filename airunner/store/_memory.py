@@ -75,6 +75,8 @@ class _JobRecord:
     # Trio time at which the current delivery expires, while RUNNING.
     visible_until: float = math.inf
     result: JobResult | None = None
+    # The delivery whose CompleteJob recorded the result (0: the store did).
+    completed_by: int = 0
     events: dict[int, JobEvent] = field(default_factory=dict)
     sequences: list[int] = field(default_factory=list)
     # Added to the worker's sequences of the current delivery, so that a job run
@@ -260,13 +262,14 @@ class MemoryJobStore:
         if (
             record is not None
             and record.state in FINAL_STATES
-            and record.attempt == token.attempt
+            and record.completed_by == token.attempt
             and record.result is not None
         ):
             rules.check_repeated_completion(record.result, result)
             return
         _, record = self._current(task_token)
         self._take_up(record)
+        record.completed_by = token.attempt
         self._finish(record, copy.deepcopy(result))
 
     async def list_jobs(self, queue: str, state: JobState, page: int, page_size: int) -> JobPage:

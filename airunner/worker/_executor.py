@@ -37,7 +37,7 @@ from airunner.api.job.v1.job_pb import (
     UpdateJobRequest,
 )
 from airunner.client import AirunnerClient
-from airunner.store import process_error_event
+from airunner.store import process_error_event, rules
 
 from ._batcher import BatchLimits, OutputBatcher, Sequencer
 from ._checkout import CheckoutError, checkout
@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 # A job whose execution config names no heartbeat interval beats this often
 # (and never less often than three times per visibility timeout).
 DEFAULT_HEARTBEAT_SECONDS = 30
+# A delivery is taken as held without asking until this long before the server's
+# first hold of it could end (clocks and the network differ a little).
+HELD_MARGIN_SECONDS = 1.0
 # A failed heartbeat is tried again after this long, doubling up to the interval.
 HEARTBEAT_RETRY_SECONDS = 1.0
 # No heartbeat gets less time than this, even when the delivery has less left.
@@ -97,6 +100,9 @@ class JobExecutor:
         self._settings = settings
         self._kill = kill
         self._params = self._job.job_params or JobParams()
+        # Trio's clock runs on while the worker is stopped (SIGSTOP): the time
+        # since the delivery came is known even after a freeze.
+        self._received_at = trio.current_time()
 
     @property
     def job_id(self) -> str:
@@ -159,7 +165,9 @@ class JobExecutor:
                     async with trio.open_nursery() as work:
                         await work.start(publisher.run)
                         try:
-                            result = await self._execute(workspace, publisher, started_at)
+                            result = await self._execute(
+                                workspace, publisher, started_at, delivery
+                            )
                         finally:
                             publisher.end()
                 except* PublishFailed as failed:
@@ -184,7 +192,11 @@ class JobExecutor:
         return result
 
     async def _execute(
-        self, workspace: Path, publisher: EventPublisher, started_at: int
+        self,
+        workspace: Path,
+        publisher: EventPublisher,
+        started_at: int,
+        delivery: trio.CancelScope,
     ) -> JobResult:
         sequences = Sequencer()
         # Stopping the worker cuts a long checkout short too.
@@ -203,6 +215,10 @@ class JobExecutor:
             return await self._fail(
                 publisher, sequences, started_at, "the worker stopped before the job started"
             )
+        if not await self._still_held():
+            # Never run a command for a delivery the server may have given away.
+            delivery.cancel()
+            await trio.lowlevel.checkpoint()
         start_sequence = sequences.take()
 
         async def on_start(pid: int, at_ns: int) -> None:
@@ -293,6 +309,35 @@ class JobExecutor:
         env["AIRUNNER_JOB_ID"] = self.job_id
         env.update(self._params.environment)
         return env
+
+    async def _still_held(self) -> bool:
+        """Whether the delivery is still this worker's, just before its command starts.
+
+        Until the worker's take-up is accepted the server holds a delivery for the
+        confirm window at least; past that (a long checkout, a worker frozen
+        meanwhile, clocks apart) one UpdateJob asks.
+        """
+        window = min(self._settings.visibility_timeout, rules.CONFIRM_SECONDS)
+        # Since it came; or since the server delivered it, by the server's stamp,
+        # for a delivery that waited in the connection while the worker was frozen.
+        elapsed = trio.current_time() - self._received_at
+        if self._job.updated_at is not None:
+            delivered_ns = self._job.updated_at.to_nanos()
+            elapsed = max(elapsed, (time.time_ns() - delivered_ns) / 1e9)
+        if elapsed < window - HELD_MARGIN_SECONDS:
+            return True
+        try:
+            await self._client.update_job(
+                UpdateJobRequest(
+                    queue=self._settings.queue,
+                    task_token=self._token,
+                    visibility_timeout_seconds=self._settings.visibility_timeout,
+                )
+            )
+        except ConnectError as e:
+            log.warning("job %s: not starting it: %s", self.job_id, e.message)
+            return False
+        return True
 
     async def _heartbeat(self, delivery: trio.CancelScope) -> None:
         """Extend the delivery's visibility well before it runs out.

@@ -87,7 +87,9 @@ async def run_command(
         try:
             return await _supervise(process, readers, output, time_limit, on_start, kill_grace)
         finally:
-            # The job's group is gone; so must be its guard.
+            # What the job left running (a daemon, a sleeping child, children that
+            # kept its output open) ends with it, on every path; then its guard.
+            _signal_group(process.pid, signal.SIGKILL)
             watchdog.kill()
             with trio.CancelScope(shield=True):
                 await watchdog.wait()
@@ -132,9 +134,6 @@ async def _supervise(
         if linger.cancelled_caught:
             _signal_group(process.pid, signal.SIGKILL)
             nursery.cancel_scope.cancel()
-    # What the job left running without output (a daemon, a sleeping child)
-    # ends with it too.
-    _signal_group(process.pid, signal.SIGKILL)
     duration = time.monotonic() - started
     code = process.returncode if process.returncode is not None else -signal.SIGKILL
     return ProcessOutcome(

@@ -7,7 +7,7 @@ import pytest
 import trio
 
 from airunner.api.job.v1.job_pb import EventType, JobEvent, JobState
-from airunner.store import EventQuery, InvalidArgument, JobStore
+from airunner.store import Delivery, EventQuery, InvalidArgument, JobStore
 from airunner.store.rules import MAX_ATTEMPTS_LIMIT
 from tests.helpers import end_event, params, request_id, result, start_event
 
@@ -23,11 +23,12 @@ async def _enqueue(store: JobStore, max_attempts: int = 0) -> str:
     return job.job_id
 
 
-async def _lose_a_run(store: JobStore, slack: float) -> None:
+async def _lose_a_run(store: JobStore, slack: float) -> Delivery:
     """Take a delivery up (its first event), then let it expire."""
     delivery = await must_dequeue(store, visibility=VISIBILITY)
     await store.publish_events(delivery.task_token, [start_event(1)])
     await trio.sleep(VISIBILITY + slack + 0.5)
+    return delivery
 
 
 def _errors(events: list[JobEvent]) -> list[str]:
@@ -92,10 +93,14 @@ async def test_a_job_whose_runs_all_lose_their_worker_fails(
     job_id = await _enqueue(store, max_attempts=2)
     await _lose_a_run(store, slack)
     assert await state_of(store, job_id) == JobState.SCHEDULED
-    await _lose_a_run(store, slack)
+    last = await _lose_a_run(store, slack)
     # It ends when its last run is found lost: at once, or at its next receive.
     assert await dequeue(store, wait=3) is None
     assert await state_of(store, job_id) == JobState.FAILED
+    # The lost run's worker comes back and reports what the store recorded:
+    # its token is stale all the same.
+    with pytest.raises(InvalidArgument, match="no longer current"):
+        await store.complete_job(last.task_token, result(job_id, success=False, exit_code=-1))
     async with store.subscribe_events(job_id, EventQuery()) as stream:
         events = await drain(stream)
     # Each run's log ends in one final event.

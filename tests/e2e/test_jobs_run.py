@@ -608,7 +608,8 @@ async def test_a_frozen_workers_job_goes_to_another_within_seconds(
     runs = tmp_path / "runs"
     store = cli.server.store
     async with cli.worker() as frozen:
-        await frozen.logged("worker polling")
+        # Until its poll waits in the server.
+        await eventually(lambda: len(store._queues["default"].waiters) > 0)  # type: ignore[attr-defined]
         frozen.send_signal(signal.SIGSTOP)
         try:
             job = await store.enqueue_job(
@@ -623,6 +624,10 @@ async def test_a_frozen_workers_job_goes_to_another_within_seconds(
                     done = await cli.run("monitor", job.job_id)
         finally:
             frozen.send_signal(signal.SIGCONT)
+        # Awake, the frozen worker finds the delivery in its poll, no longer its
+        # own: it must not run the command. It ends with one of these.
+        ends = (b"not starting it", b"not completing it", b"could not complete it")
+        await eventually(lambda: any(end in frozen.log for end in ends))
     assert done.returncode == 0, done.stderr
     assert done.stdout == b"hi\n"
     assert runs.read_text() == "run\n"

@@ -706,14 +706,14 @@ class SQSJobs:
         rules.check_token_job(token, schema.queue_of(item) if item is not None else None)
         assert item is not None
         stored = schema.result_json(item)
-        if schema.is_final(item) and schema.attempt_of(item) == token.attempt and stored:
+        if schema.is_final(item) and schema.completed_by(item) == token.attempt and stored:
             rules.check_repeated_completion(JobResult.from_json(stored), result)
             return
         final = JobState.COMPLETED if result.success else JobState.FAILED
         try:
             await self._update_current(
                 token,
-                "SET #state = :final, #result = :result",
+                "SET #state = :final, #result = :result, completed_by = :attempt",
                 {":final": {"N": str(int(final))}, ":result": {"S": result.to_json()}},
                 {"#result": "result"},
             )
@@ -721,7 +721,7 @@ class SQSJobs:
             # A retry racing the first call: the first may have just completed it.
             now = await self.get_item(token.job_id)
             stored = schema.result_json(now) if now is not None else None
-            if now is None or not stored or schema.attempt_of(now) != token.attempt:
+            if now is None or not stored or schema.completed_by(now) != token.attempt:
                 raise
             rules.check_repeated_completion(JobResult.from_json(stored), result)
             return

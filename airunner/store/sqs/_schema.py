@@ -17,7 +17,8 @@ Jobs table, key ``job_id`` (S). Two kinds of item share it:
   ``taken_up`` (N, the last delivery a worker took up), ``runs`` (N, deliveries
   taken up), ``message_runs`` (N, runs on the current message, which has been
   received once more than that unless a receive was wasted), and once final
-  ``result`` (S, the JobResult as JSON);
+  ``result`` (S, the JobResult as JSON) and, if a worker's CompleteJob recorded
+  it, ``completed_by`` (N, that delivery's attempt);
 - a **claim** of a request id: key ``request#<request_id>``, ``target_job_id``
   (S), ``created_at``. Written in one transaction with its job under
   ``attribute_not_exists``, it makes EnqueueJob idempotent under races.
@@ -208,6 +209,11 @@ def message_runs_of(item: Mapping[str, Any]) -> int:
 
 def max_attempts_of(item: Mapping[str, Any], default: int) -> int:
     return _number(item, "max_attempts", default)
+
+
+def completed_by(item: Mapping[str, Any]) -> int:
+    """The delivery whose CompleteJob recorded the result (0: the store did)."""
+    return _number(item, "completed_by")
 
 
 def visibility_of(item: Mapping[str, Any]) -> int:
