@@ -91,6 +91,9 @@ WATCH_SECONDS = 0.05
 WATCHDOG_SECONDS = 2.0
 # The SIGSTOP waits this long at most for a worker running a job with a slot free.
 STOP_CHOICE_SECONDS = 3.0
+# A process a worker started as it woke from a freeze, for a delivery it no
+# longer held, must have started and ended within this long of waking.
+STALE_SECONDS = 1.0
 # Variables of the caller's shell that would change what a command does.
 _OURS = re.compile(r"^(AIRUNNER_|JWT_|AWS_|OTEL_)")
 
@@ -180,6 +183,11 @@ class Report:
     stops: int = 0
     # How many jobs each SIGSTOPped worker was running.
     stopped_running: list[int] = field(default_factory=list)
+    # When each SIGSTOPped worker was woken.
+    woken: list[Kill] = field(default_factory=list)
+    # Runs a worker started as it woke, for a delivery it had checked just before
+    # its freeze, and stopped at once when the server refused it.
+    stale_starts: list[str] = field(default_factory=list)
     replica_restarts: int = 0
     submissions: int = 0
     final_after: float = 0.0
@@ -209,6 +217,7 @@ class Report:
             f"processes recorded: {self.recorded_runs}",
             f"processes of SIGKILLed workers: {self.killed_processes}, all gone within "
             f"{self.watchdog_seconds:.2f} s",
+            f"stale starts as a worker woke, stopped at once: {len(self.stale_starts)}",
             f"overlaps: {len(self.overlaps)}",
             f"log violations: {len(self.log_violations)}",
             f"other violations: {len(self.violations)}",
@@ -562,6 +571,7 @@ class Chaos:
         finally:
             with suppress(ProcessLookupError):
                 os.kill(victim.started.pid, signal.SIGCONT)
+            self.report.woken.append(Kill(victim.started.pid, time.time_ns()))
             self._note(f"SIGCONT worker {victim.slot} pid {victim.started.pid}")
             victim.stopped = False
 
@@ -924,21 +934,25 @@ class Chaos:
                     problems.append(f"{job_id}: run {number} (pid {pid}) was never recorded")
                     continue
                 for skipped in runs[position : found[0]]:
-                    problems.append(
-                        f"{job_id}: a recorded run the server did not count, before run "
-                        f"{number}: pid {skipped.pid} (worker {skipped.ppid}) started at "
-                        f"{skipped.start_ns}"
-                    )
+                    if not self._stale_start(job_id, skipped):
+                        problems.append(
+                            f"{job_id}: a recorded run the server did not count, before run "
+                            f"{number}: pid {skipped.pid} (worker {skipped.ppid}) started at "
+                            f"{skipped.start_ns}"
+                        )
                 position = found[0] + 1
             elif position < len(runs) and runs[position].pid not in in_log:
                 position += 1
             else:
                 report.lost_before_start += 1
         for run in runs[position:]:
-            problems.append(
-                f"{job_id}: a recorded run the server did not count: pid {run.pid} "
-                f"(worker {run.ppid}) started at {run.start_ns}"
-            )
+            if not self._stale_start(job_id, run):
+                problems.append(
+                    f"{job_id}: a recorded run the server did not count: pid {run.pid} "
+                    f"(worker {run.ppid}) started at {run.start_ns}"
+                )
+        # A stale start is no run the server counted: it must not overlap one.
+        runs = [run for run in runs if f"{job_id} pid {run.pid}" not in report.stale_starts]
 
         for earlier, later in itertools.pairwise(runs):
             ended = earlier.ended_ns
@@ -948,6 +962,21 @@ class Chaos:
                     f"{earlier.start_ns}..{ended}, end line {earlier.end_ns is not None}) and "
                     f"run pid {later.pid} (worker {later.ppid}, from {later.start_ns})"
                 )
+
+    def _stale_start(self, job_id: str, run: Run) -> bool:
+        """Whether ``run`` is a stale start: begun by a worker just woken from a freeze
+        (it had checked its delivery before the freeze, the process forked after
+        it), and stopped at once. Each one is counted in the report."""
+        ended = run.ended_ns
+        woke = any(
+            # The wake is noted just after the signal went: allow a little before it.
+            woken.pid == run.ppid and -0.2e9 <= run.start_ns - woken.at_ns <= STALE_SECONDS * 1e9
+            for woken in self.report.woken
+        )
+        if not woke or ended is None or ended - run.start_ns > STALE_SECONDS * 1e9:
+            return False
+        self.report.stale_starts.append(f"{job_id} pid {run.pid}")
+        return True
 
     def _check_completion(
         self,

@@ -221,7 +221,16 @@ class JobExecutor:
             await trio.lowlevel.checkpoint()
         start_sequence = sequences.take()
 
+        checked_at = trio.current_time()
+
         async def on_start(pid: int, at_ns: int) -> None:
+            # Frozen between the check and the start (the process forks in a
+            # thread), the worker asks again, and stops a process it no longer
+            # may run at once.
+            late = trio.current_time() - checked_at > HELD_MARGIN_SECONDS
+            if late and not await self._still_held(asked=True):
+                delivery.cancel()
+                await trio.lowlevel.checkpoint()
             await publisher.publish(_start_event(start_sequence, pid, at_ns))
 
         chunks_send, chunks_receive = trio.open_memory_channel[OutputChunk](CHUNK_BUFFER)
@@ -310,12 +319,12 @@ class JobExecutor:
         env.update(self._params.environment)
         return env
 
-    async def _still_held(self) -> bool:
+    async def _still_held(self, *, asked: bool = False) -> bool:
         """Whether the delivery is still this worker's, just before its command starts.
 
         Until the worker's take-up is accepted the server holds a delivery for the
         confirm window at least; past that (a long checkout, a worker frozen
-        meanwhile, clocks apart) one UpdateJob asks.
+        meanwhile, clocks apart) one UpdateJob asks; ``asked`` always asks.
         """
         window = min(self._settings.visibility_timeout, rules.CONFIRM_SECONDS)
         # Since it came; or since the server delivered it, by the server's stamp,
@@ -324,7 +333,7 @@ class JobExecutor:
         if self._job.updated_at is not None:
             delivered_ns = self._job.updated_at.to_nanos()
             elapsed = max(elapsed, (time.time_ns() - delivered_ns) / 1e9)
-        if elapsed < window - HELD_MARGIN_SECONDS:
+        if not asked and elapsed < window - HELD_MARGIN_SECONDS:
             return True
         try:
             await self._client.update_job(
@@ -335,7 +344,7 @@ class JobExecutor:
                 )
             )
         except ConnectError as e:
-            log.warning("job %s: not starting it: %s", self.job_id, e.message)
+            log.warning("job %s: not running it: %s", self.job_id, e.message)
             return False
         return True
 

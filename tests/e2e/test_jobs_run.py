@@ -626,7 +626,7 @@ async def test_a_frozen_workers_job_goes_to_another_within_seconds(
             frozen.send_signal(signal.SIGCONT)
         # Awake, the frozen worker finds the delivery in its poll, no longer its
         # own: it must not run the command. It ends with one of these.
-        ends = (b"not starting it", b"not completing it", b"could not complete it")
+        ends = (b"not running it", b"not completing it", b"could not complete it")
         await eventually(lambda: any(end in frozen.log for end in ends))
     assert done.returncode == 0, done.stderr
     assert done.stdout == b"hi\n"
