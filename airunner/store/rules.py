@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Sequence
 
-from protobuf.wkt import Timestamp
+from protobuf.wkt import Duration, Timestamp
 
 from airunner.api.job.v1.job_pb import (
     BatchingConfig,
@@ -44,6 +44,13 @@ MAX_JOB_PARAMS_BYTES = 256 * 1024
 # The worker sends batches of at most 256 KiB of output; an event item must stay
 # under DynamoDB's 400 KB with its key and attributes.
 MAX_EVENT_BYTES = 320 * 1024
+# The highest sequence one run may use: far beyond any job's output, and with
+# the runs before it added, far inside int64 and JSON's exact integers (2^53).
+MAX_SEQUENCE = 2**40
+# google.protobuf.Timestamp's and Duration's ranges.
+_MIN_TIMESTAMP_SECONDS = -62_135_596_800
+_MAX_TIMESTAMP_SECONDS = 253_402_300_799
+_MAX_DURATION_SECONDS = 315_576_000_000
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 
@@ -98,12 +105,37 @@ def check_enqueue(
         )
     if params.process_type not in _PROCESS_TYPES:
         raise InvalidArgument(f"job_params.process_type {int(params.process_type)} is unknown")
+    _check_runnable(params)
     size = len(params.to_binary())
     if size > MAX_JOB_PARAMS_BYTES:
         raise InvalidArgument(
             f"job_params is {size} bytes encoded; the limit is {MAX_JOB_PARAMS_BYTES}"
         )
     return params
+
+
+def _check_runnable(params: JobParams) -> None:
+    """Refuse what no process can be started with: it would fail on every worker."""
+    texts = {
+        "repository": params.repository,
+        "commit": params.commit,
+        "branch": params.branch,
+        "command": params.command,
+        "working_directory": params.working_directory,
+        "owner": params.owner,
+    }
+    texts.update({f"args[{i}]": arg for i, arg in enumerate(params.args)})
+    for name, value in params.environment.items():
+        if not name or "=" in name:
+            raise InvalidArgument(
+                f"job_params.environment has the name {name!r}: names are not empty "
+                "and hold no '='"
+            )
+        texts[f"environment name {name!r}"] = name
+        texts[f"environment[{name!r}]"] = value
+    for field, value in texts.items():
+        if "\0" in value:
+            raise InvalidArgument(f"job_params.{field} holds a NUL byte")
 
 
 def attempt_limit(params: JobParams | None, default: int) -> int:
@@ -207,18 +239,58 @@ def check_token_queue(token: TaskToken, queue: str) -> None:
 
 
 def check_events(events: Sequence[JobEvent]) -> None:
+    """Refuse, before anything is stored, an event that some reader could not read back."""
     for event in events:
-        if event.sequence < 1:
-            raise InvalidArgument("event sequence must be 1 or more")
+        if not 1 <= event.sequence <= MAX_SEQUENCE:
+            raise InvalidArgument(f"event sequence must be between 1 and {MAX_SEQUENCE}")
         if event.event_type not in _EVENT_TYPES:
             raise InvalidArgument(
                 f"event {event.sequence} has an unknown event_type {int(event.event_type)}"
             )
+        _check_timestamp(event.timestamp, f"event {event.sequence} timestamp")
+        data = event.event_data
+        if data is not None and data.field == "output_batch":
+            batch = data.value
+            if batch.start_sequence != event.sequence or not (
+                batch.start_sequence <= batch.end_sequence <= MAX_SEQUENCE
+            ):
+                raise InvalidArgument(
+                    f"event {event.sequence}: an output batch covers start_sequence (the "
+                    f"event's own) to end_sequence, at most {MAX_SEQUENCE}"
+                )
+        elif data is not None and data.field == "process_start":
+            _check_timestamp(data.value.started_at, f"event {event.sequence} started_at")
+        elif data is not None and data.field == "process_end":
+            _check_duration(data.value.run_duration, f"event {event.sequence} run_duration")
+        elif data is not None and data.field == "heartbeat":
+            _check_duration(data.value.elapsed_time, f"event {event.sequence} elapsed_time")
         size = len(event.to_binary())
         if size > MAX_EVENT_BYTES:
             raise InvalidArgument(
                 f"event {event.sequence} is {size} bytes encoded; the limit is {MAX_EVENT_BYTES}"
             )
+
+
+def _check_timestamp(value: Timestamp | None, what: str) -> None:
+    """Within what a Timestamp may hold: years 1 to 9999, nanos 0 to 999,999,999."""
+    if value is not None and not (
+        _MIN_TIMESTAMP_SECONDS <= value.seconds <= _MAX_TIMESTAMP_SECONDS
+        and 0 <= value.nanos < 1_000_000_000
+    ):
+        raise InvalidArgument(f"{what} is not a valid timestamp (years 1 to 9999)")
+
+
+def _check_duration(value: Duration | None, what: str) -> None:
+    """Within what a Duration may hold: +-10,000 years, nanos of the seconds' sign."""
+    if value is None:
+        return
+    seconds, nanos = value.seconds, value.nanos
+    if not (
+        -_MAX_DURATION_SECONDS <= seconds <= _MAX_DURATION_SECONDS
+        and -1_000_000_000 < nanos < 1_000_000_000
+        and (seconds == 0 or nanos == 0 or (seconds > 0) == (nanos > 0))
+    ):
+        raise InvalidArgument(f"{what} is not a valid duration")
 
 
 def check_event_query(

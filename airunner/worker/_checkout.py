@@ -55,7 +55,11 @@ def resolve_working_directory(root: Path, working_directory: str) -> Path:
         return root
     if os.path.isabs(working_directory):
         raise CheckoutError("working_directory must be relative to the checkout")
-    resolved = (root / working_directory).resolve()
+    try:
+        resolved = (root / working_directory).resolve()
+    except (OSError, RuntimeError) as e:
+        # A symlink loop, say (RuntimeError before Python 3.13).
+        raise CheckoutError(f"working_directory {working_directory!r}: {e}") from None
     if not resolved.is_relative_to(root.resolve()):
         raise CheckoutError(f"working_directory {working_directory!r} leaves the checkout")
     if not resolved.is_dir():

@@ -141,6 +141,13 @@ class JobExecutor:
         )
         try:
             result = await self._run_reporting(workspace, started_at)
+        except Exception as e:
+            # Whatever stopped this worker from running the job fails it now,
+            # rather than leaving it to run (and stop) again on every worker.
+            log.exception("job %s: the worker could not run it", self.job_id)
+            result = self._result(
+                started_at, NO_EXIT_CODE, f"the worker could not run the job: {e!r}"
+            )
         finally:
             # Even when the worker is stopping (cancelled): no workspace is left behind.
             with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_SECONDS):

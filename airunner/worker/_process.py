@@ -192,6 +192,9 @@ async def _spawn(
         raise SpawnError(f"command is not executable: {argv[0]}") from None
     except OSError as e:
         raise SpawnError(f"cannot start {argv[0]}: {e.strerror or e}") from None
+    except ValueError as e:
+        # A NUL byte in an argument or the environment, say.
+        raise SpawnError(f"cannot start {argv[0]!r}: {e}") from None
 
 
 # Only this process holds the write end of this pipe; the kernel closes it when

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.lowlevel
+from protobuf.wkt import Timestamp
 
 from airunner.api.job.v1.job_pb import EventType, JobEvent
 from airunner.store import (
@@ -16,7 +17,7 @@ from airunner.store import (
     NotFound,
     ResourceExhausted,
 )
-from airunner.store.rules import MAX_EVENT_BYTES
+from airunner.store.rules import MAX_EVENT_BYTES, MAX_SEQUENCE
 from tests.conftest import Metrics
 from tests.helpers import end_event, output_event, result, start_event
 
@@ -47,6 +48,24 @@ async def take(stream: EventStream, count: int) -> list[JobEvent]:
         assert event is not None
         events.append(event)
     return events
+
+
+def _covering(sequence: int, end: int) -> JobEvent:
+    """An output batch from ``sequence`` to ``end``."""
+    event = output_event(sequence)
+    event.event_data.value.end_sequence = end  # type: ignore[union-attr]
+    return event
+
+
+class _at:
+    """``event | _at(seconds)``: the event with that timestamp, in or out of range."""
+
+    def __init__(self, seconds: int, nanos: int = 0) -> None:
+        self.stamp = Timestamp(seconds=seconds, nanos=nanos)
+
+    def __ror__(self, event: JobEvent) -> JobEvent:
+        event.timestamp = self.stamp
+        return event
 
 
 def sequences(events: list[JobEvent]) -> list[int]:
@@ -260,7 +279,13 @@ async def test_publish_after_completion_is_refused(store: JobStore) -> None:
 @pytest.mark.parametrize(
     ("event", "message"),
     [
-        (output_event(0), "sequence must be 1 or more"),
+        (output_event(0), "sequence must be between 1 and"),
+        (output_event(MAX_SEQUENCE + 1), "sequence must be between 1 and"),
+        (_covering(2, 2**63 - 1), "an output batch covers"),
+        (_covering(3, 2), "an output batch covers"),
+        (output_event(2, ms=1) | _at(253_402_300_800), "not a valid timestamp"),
+        (output_event(2) | _at(1, nanos=1_000_000_000), "not a valid timestamp"),
+        (output_event(2) | _at(1, nanos=-1), "not a valid timestamp"),
         (JobEvent(sequence=1), "unknown event_type 0"),
         (JobEvent(sequence=1, event_type=EventType(99)), "unknown event_type 99"),
         (output_event(1, b"x" * MAX_EVENT_BYTES), "the limit is"),

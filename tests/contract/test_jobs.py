@@ -98,6 +98,12 @@ async def test_racing_enqueues_with_one_request_id_create_one_job(store: JobStor
         ("r", "default", JobParams(repository="/tmp/x"), "job_params.command is required"),
         ("r", "default", params(timeout_seconds=-1), "timeout_seconds must not be negative"),
         ("r", "default", params(process_type=ProcessType(9)), "process_type 9 is unknown"),
+        ("r", "default", params("a\0b"), "job_params.command holds a NUL byte"),
+        ("r", "default", params("x", "ok", "b\0"), r"job_params.args\[1\] holds a NUL byte"),
+        ("r", "default", params(environment={"A": "1\0"}), r"environment\['A'\] holds a NUL"),
+        ("r", "default", params(environment={"A=B": "1"}), "hold no '='"),
+        ("r", "default", params(environment={"": "1"}), "names are not empty"),
+        ("r", "default", params(working_directory="d\0"), "working_directory holds a NUL"),
         (
             "r",
             "default",

@@ -242,6 +242,23 @@ async def test_working_directory_may_not_escape(
     assert b"leaves the checkout" in done.stderr
 
 
+async def test_a_working_directory_that_is_a_symlink_loop_fails_the_job_at_once(
+    cli: Cli, worker: WorkerProcess, tmp_path: Path
+) -> None:
+    looped = tmp_path / "looped"
+    looped.mkdir()
+    _git(looped, "init", "--quiet")
+    (looped / "loop").symlink_to("loop")
+    _git(looped, "add", ".")
+    _git(looped, "commit", "--quiet", "-m", "a loop")
+    with trio.fail_after(30):
+        done = await cli.run("submit", str(looped), "--working-directory", "loop", "--", "pwd")
+    assert done.returncode == 1
+    assert b"working_directory 'loop'" in done.stderr
+    page = await cli.server.store.list_jobs("", JobState.UNSPECIFIED, 1, 10)
+    assert [job.state for job in page.jobs] == [JobState.FAILED]
+
+
 async def test_missing_command_fails_the_job(cli: Cli, worker: WorkerProcess) -> None:
     done = await cli.run("submit", "--", "no-such-command-here")
     assert done.returncode == 1
