@@ -88,6 +88,40 @@ def _sqs_settings(env: Mapping[str, str]) -> SQSStoreSettings:
     )
 
 
+# A month: a token that leaks is good for no longer.
+DEFAULT_TOKEN_MAX_LIFETIME = 30 * 24 * 3600
+# A limit above a year is no limit.
+MAX_TOKEN_MAX_LIFETIME = 366 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class TokenRules:
+    """What a bearer token must be, besides signed: how long it may live, and for whom."""
+
+    max_lifetime: int = DEFAULT_TOKEN_MAX_LIFETIME
+    issuer: str | None = None
+    audience: str | None = None
+
+
+def token_rules_from_env(env: Mapping[str, str]) -> TokenRules:
+    """AIRUNNER_TOKEN_MAX_LIFETIME (seconds), JWT_ISSUER and JWT_AUDIENCE.
+
+    Raises:
+        ConfigError: the lifetime is not a whole number of seconds in range.
+    """
+    return TokenRules(
+        max_lifetime=_int_env(
+            env,
+            "AIRUNNER_TOKEN_MAX_LIFETIME",
+            DEFAULT_TOKEN_MAX_LIFETIME,
+            1,
+            MAX_TOKEN_MAX_LIFETIME,
+        ),
+        issuer=env.get("JWT_ISSUER") or None,
+        audience=env.get("JWT_AUDIENCE") or None,
+    )
+
+
 def _visibility_timeout(env: Mapping[str, str]) -> int:
     return _int_env(
         env,

@@ -22,7 +22,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "token", help="print a bearer token signed with the private key in JWT_SIGNING_KEY"
     )
     token.add_argument("--subject", required=True, help="who the token is for (sub)")
-    token.add_argument("--ttl", default="1h", help="lifetime: 90s, 30m, 12h, 7d (default 1h)")
+    token.add_argument(
+        "--ttl",
+        default="1h",
+        help="lifetime: 90s, 30m, 12h, 7d (default 1h; servers take at most "
+        "AIRUNNER_TOKEN_MAX_LIFETIME, 30d unless set)",
+    )
+    token.add_argument("--audience", help="the aud claim, for a server with JWT_AUDIENCE")
     token.set_defaults(run=run)
 
 
@@ -53,5 +59,7 @@ def run(args: argparse.Namespace) -> int:
         "iat": now,
         "exp": now + parse_duration(args.ttl),
     }
+    if args.audience:
+        claims["aud"] = args.audience
     print(jwt.encode(claims, key, algorithm="ES256"))
     return 0

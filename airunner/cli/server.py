@@ -15,7 +15,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from airunner import telemetry
 from airunner.aws import open_aws_clients
-from airunner.config import DEFAULT_LISTEN, ConfigError, parse_listen, store_settings_from_env
+from airunner.config import (
+    DEFAULT_LISTEN,
+    ConfigError,
+    parse_listen,
+    store_settings_from_env,
+    token_rules_from_env,
+)
 from airunner.http import AuthConfigError, BearerAuth, load_public_key
 from airunner.server import DEFAULT_GRACE_PERIOD_SECONDS, Server, ServerSettings
 from airunner.store import rules
@@ -133,7 +139,7 @@ def _settings(args: argparse.Namespace) -> ServerSettings:
                 "JWT_PUBLIC_KEY is required to check bearer tokens; "
                 "set it to a PEM EC P-256 public key, or pass --no-auth"
             )
-        auth = BearerAuth(load_public_key(pem))
+        auth = BearerAuth(load_public_key(pem), token_rules_from_env(os.environ))
     return ServerSettings(
         listen=parse_listen(args.listen),
         store=store,

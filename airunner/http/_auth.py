@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import jwt
@@ -10,6 +11,8 @@ from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from airunner.config import TokenRules
 
 # Tokens are minted on other machines whose clocks drift a little.
 CLOCK_SKEW_LEEWAY_SECONDS = 30
@@ -35,28 +38,49 @@ def load_public_key(pem: str) -> ec.EllipticCurvePublicKey:
 
 
 class BearerAuth:
-    """A metadata interceptor: it runs before the request body is read."""
+    """A metadata interceptor: it runs before the request body is read.
 
-    def __init__(self, public_key: ec.EllipticCurvePublicKey) -> None:
+    A token must be ES256, signed by the key's holder, and carry ``exp``, no
+    more than ``rules.max_lifetime`` seconds ahead (``CLOCK_SKEW_LEEWAY_SECONDS``
+    are allowed either way, for clocks apart); ``iss`` and ``aud`` must be the
+    rules' issuer and audience when those are given.
+    """
+
+    def __init__(
+        self, public_key: ec.EllipticCurvePublicKey, rules: TokenRules | None = None
+    ) -> None:
+        rules = rules or TokenRules()
         self._key = public_key
+        self._max_lifetime = rules.max_lifetime
+        self._issuer = rules.issuer
+        self._audience = rules.audience
 
     async def on_start(self, ctx: RequestContext[Any, Any]) -> None:
         header = ctx.request_headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise ConnectError(Code.UNAUTHENTICATED, "missing bearer token")
+        required = ["exp"] + ["iss"] * bool(self._issuer) + ["aud"] * bool(self._audience)
         try:
-            jwt.decode(
+            claims = jwt.decode(
                 token.strip(),
                 self._key,
                 algorithms=["ES256"],
-                options={"require": ["exp"]},
+                options={"require": required},
                 leeway=CLOCK_SKEW_LEEWAY_SECONDS,
+                issuer=self._issuer,
+                audience=self._audience,
             )
         except jwt.ExpiredSignatureError:
             raise ConnectError(Code.UNAUTHENTICATED, "bearer token expired") from None
         except jwt.InvalidTokenError as e:
             raise ConnectError(Code.UNAUTHENTICATED, f"invalid bearer token: {e}") from None
+        left = float(claims["exp"]) - time.time()
+        if left > self._max_lifetime + CLOCK_SKEW_LEEWAY_SECONDS:
+            raise ConnectError(
+                Code.UNAUTHENTICATED,
+                f"bearer token lives too long: at most {self._max_lifetime} s are accepted",
+            )
 
     async def on_end(
         self, token: None, ctx: RequestContext[Any, Any], error: Exception | None

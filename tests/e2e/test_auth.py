@@ -13,6 +13,7 @@ from connectrpc.errors import ConnectError
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from airunner.api.job.v1.job_pb import DequeueJobRequest, EnqueueJobRequest, ListJobsRequest
+from airunner.config import TokenRules
 from airunner.http import AuthConfigError, BearerAuth, load_public_key
 from tests.helpers import params, request_id
 
@@ -78,6 +79,8 @@ def _other_key_token() -> str:
             ),
             "invalid bearer token",
         ),
+        # A hundred years: far past the 30 days the server takes by default.
+        (lambda keys: keys.token(exp_in=100 * 365 * 86400), "bearer token lives too long"),
     ],
 )
 async def test_bad_tokens_are_unauthenticated(
@@ -85,6 +88,34 @@ async def test_bad_tokens_are_unauthenticated(
 ) -> None:
     with pytest.raises(ConnectError) as info:
         await call_with(secured.url, make_token(key_pair))  # type: ignore[operator]
+    assert info.value.code == Code.UNAUTHENTICATED
+    assert message in info.value.message
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("claims", "message"),
+    [
+        ({"iss": "airunner", "aud": "ci"}, None),
+        ({"iss": "someone-else", "aud": "ci"}, "Invalid issuer"),
+        ({"aud": "ci"}, 'missing the "iss" claim'),
+        ({"iss": "airunner", "aud": "prod"}, "Audience doesn't match"),
+        ({"iss": "airunner"}, 'missing the "aud" claim'),
+        ({"iss": "airunner", "aud": "ci", "exp_in": 3 * 3600}, "lives too long"),
+    ],
+)
+async def test_issuer_audience_and_lifetime_are_the_servers(
+    key_pair: KeyPair, claims: dict[str, object], message: str | None
+) -> None:
+    rules = TokenRules(max_lifetime=3600, issuer="airunner", audience="ci")
+    auth = BearerAuth(load_public_key(key_pair.public_pem), rules)
+    async with run_server(auth=auth, poll_window=0.2) as running:
+        token = key_pair.token(**claims)  # type: ignore[arg-type]
+        if message is None:
+            await call_with(running.url, token)
+            return
+        with pytest.raises(ConnectError) as info:
+            await call_with(running.url, token)
     assert info.value.code == Code.UNAUTHENTICATED
     assert message in info.value.message
 

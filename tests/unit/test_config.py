@@ -6,8 +6,10 @@ from airunner.config import (
     ConfigError,
     MemoryStoreSettings,
     SQSStoreSettings,
+    TokenRules,
     parse_listen,
     store_settings_from_env,
+    token_rules_from_env,
 )
 
 SQS = {
@@ -110,3 +112,17 @@ def test_listen_addresses(text: str) -> None:
 def test_bad_listen_addresses(text: str) -> None:
     with pytest.raises(ConfigError, match="HOST:PORT"):
         parse_listen(text)
+
+
+def test_token_rules_default_to_a_month_and_no_issuer_or_audience() -> None:
+    assert token_rules_from_env({}) == TokenRules(30 * 24 * 3600, None, None)
+    rules = token_rules_from_env(
+        {"AIRUNNER_TOKEN_MAX_LIFETIME": "3600", "JWT_ISSUER": "me", "JWT_AUDIENCE": "ci"}
+    )
+    assert rules == TokenRules(3600, "me", "ci")
+
+
+@pytest.mark.parametrize("value", ["0", "soon", str(400 * 24 * 3600)])
+def test_token_lifetime_must_be_sane(value: str) -> None:
+    with pytest.raises(ConfigError, match="AIRUNNER_TOKEN_MAX_LIFETIME must be"):
+        token_rules_from_env({"AIRUNNER_TOKEN_MAX_LIFETIME": value})
