@@ -63,7 +63,37 @@ def build_app(
         events.path: events,
         "": _routes(drain),
     }
-    return TrioDispatcherMiddleware(mounts)
+    return _utf8_headers_only(TrioDispatcherMiddleware(mounts))
+
+
+def _utf8_headers_only(app: ASGIFramework) -> ASGIFramework:
+    """Refuse a request whose headers are not UTF-8 with a 400, before anything reads
+    them: connectrpc decodes them before any interceptor runs, and would answer
+    500 with a traceback in the log."""
+
+    async def checked(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            try:
+                for name, value in scope["headers"]:
+                    name.decode("utf-8")
+                    value.decode("utf-8")
+            except UnicodeDecodeError:
+                body = b'{"code":"invalid_argument","message":"header values must be UTF-8"}'
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 400,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await app(scope, receive, send)
+
+    return checked
 
 
 def _routes(drain: Drain) -> QuartTrio:

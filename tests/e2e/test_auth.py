@@ -172,3 +172,25 @@ def test_public_key_must_be_p256() -> None:
     )
     with pytest.raises(AuthConfigError, match="P-256"):
         load_public_key(pem)
+
+
+@pytest.mark.e2e
+async def test_a_header_that_is_not_utf8_gets_a_400_and_no_traceback(
+    secured: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            f"{secured.url}/job.v1.JobService/ListJobs",
+            content=b"{}",
+            headers={"content-type": "application/json", "x-probe": b"\xff\xfe"},
+        )
+        # The server is still up, and still asks for a token.
+        healthy = await http.get(f"{secured.url}/health")
+    assert response.status_code == 400
+    assert response.json() == {
+        "code": "invalid_argument",
+        "message": "header values must be UTF-8",
+    }
+    assert healthy.status_code == 200
+    assert "Traceback" not in caplog.text
+    assert "Error in ASGI" not in caplog.text
