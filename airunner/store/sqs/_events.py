@@ -25,7 +25,7 @@ from airunner import telemetry
 from airunner.actors import TAIL_INTERVAL_SECONDS, EventTail, EventWriter
 from airunner.api.job.v1.job_pb import JobEvent
 from airunner.aws import AwsClients
-from airunner.store import EventQuery, EventStream, TaskToken, rebased, rules
+from airunner.store import EventQuery, EventStream, TaskToken, rebased
 from airunner.wakeup import KeyedWakeup
 
 from . import _schema as schema
@@ -78,8 +78,10 @@ class SQSEvents:
         await self._dynamodb.describe_table(TableName=self._table)
 
     async def publish(self, token: TaskToken, base: int, events: Sequence[JobEvent]) -> None:
-        """Store the events of the delivery behind ``token``, after sequence ``base``."""
-        rules.check_events(events)
+        """Store the events of the delivery behind ``token``, after sequence ``base``.
+
+        The caller checked them (``rules.check_events``) before it took the delivery up.
+        """
         telemetry.events_publish.add(len(events), {"queue": token.queue})
         stored = await self.store(token.job_id, [rebased(event, base) for event in events])
         telemetry.events_persisted.add(stored, {"queue": token.queue})
