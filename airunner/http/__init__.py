@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from ._app import build_app
 from ._auth import AuthConfigError, BearerAuth, load_public_key
+from ._codecs import MAX_JSON_NESTING
 from ._drain import Drain
 from ._handlers import DEQUEUE_POLL_WINDOW_SECONDS
 
 __all__ = [
     "DEQUEUE_POLL_WINDOW_SECONDS",
+    "MAX_JSON_NESTING",
     "AuthConfigError",
     "BearerAuth",
     "Drain",

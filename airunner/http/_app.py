@@ -17,6 +17,7 @@ from airunner.api.job.v1.job_connect import (
 from airunner.store import JobStore
 
 from ._auth import BearerAuth
+from ._codecs import server_codecs
 from ._drain import Drain
 from ._errors import ErrorMapping
 from ._handlers import DEQUEUE_POLL_WINDOW_SECONDS, JobEventsServiceHandler, JobServiceHandler
@@ -48,15 +49,18 @@ def build_app(
     if auth is not None:
         interceptors.append(auth)
     interceptors.append(ErrorMapping())
+    codecs = server_codecs()
     jobs = JobServiceASGIApplication(
         JobServiceHandler(store, drain, poll_window=poll_window),
         interceptors=interceptors,
         read_max_bytes=READ_MAX_BYTES,
+        codecs=codecs,
     )
     events = JobEventsServiceASGIApplication(
         JobEventsServiceHandler(store, drain),
         interceptors=interceptors,
         read_max_bytes=READ_MAX_BYTES,
+        codecs=codecs,
     )
     mounts: dict[str, Any] = {
         jobs.path: jobs,

@@ -177,6 +177,8 @@ class JobEventsServiceHandler(JobEventsService):
                 raise
             finally:
                 telemetry.events_publish_duration.record(time.perf_counter() - began)
+        if not task_token:
+            raise InvalidArgument("task_token is required: the stream had no message")
         return PublishJobEventsResponse()
 
 
