@@ -100,6 +100,8 @@ def run_interruptibly(command: Callable[[], Awaitable[int]]) -> int:
         except* CliError as failed:
             # The nursery wraps the command's own error; report that one.
             raise first_leaf(failed) from None
+        except* BrokenPipeError as failed:
+            raise first_leaf(failed) from None
 
     async def supervised() -> int:
         code = 0

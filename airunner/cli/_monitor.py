@@ -25,7 +25,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "monitor", parents=[client_options()], help="replay and follow a job's output"
     )
     monitor.add_argument("job_id")
-    monitor.add_argument("--from-sequence", type=int, default=0, metavar="N")
+    monitor.add_argument(
+        "--from-sequence",
+        type=int,
+        default=0,
+        metavar="N",
+        help="start at event N (default 0: the whole log); a broken stream says where to resume",
+    )
     monitor.set_defaults(run=lambda args: run_interruptibly(lambda: _monitor(args)))
 
 

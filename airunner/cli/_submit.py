@@ -78,6 +78,8 @@ def job_request(args: argparse.Namespace) -> EnqueueJobRequest:
     queue = str(config.pop("queue", "") or "default")
     for key, value in config.items():
         _set_param(params, _CONFIG_KEYS[key], value, f"{args.config}: {key}")
+    # Each flag as the user typed it, for messages about its value.
+    flags = {"timeout_seconds": "--timeout"}
     overrides = {
         "repository": args.repository,
         "commit": args.commit,
@@ -92,7 +94,8 @@ def job_request(args: argparse.Namespace) -> EnqueueJobRequest:
     }
     for field, value in overrides.items():
         if value is not None:
-            _set_param(params, field, value, f"--{field.replace('_', '-')}")
+            flag = flags.get(field, f"--{field.replace('_', '-')}")
+            _set_param(params, field, value, flag)
     if args.command_line:
         params.command, params.args = args.command_line[0], args.command_line[1:]
     params.environment.update(_pairs(args.env, "--env"))

@@ -14,7 +14,15 @@ from connectrpc.errors import ConnectError
 from airunner.api.job.v1.job_pb import DequeueJobRequest, EnqueueJobRequest, ListJobsRequest
 from airunner.client import AirunnerClient, ClientConfigError
 from airunner.http import BearerAuth, load_public_key
-from tests.helpers import clean_env, params, read_until, request_id, start_event, tool
+from tests.helpers import (
+    clean_env,
+    output_event,
+    params,
+    read_until,
+    request_id,
+    start_event,
+    tool,
+)
 
 from .conftest import KeyPair, RunningServer, run_server
 from .test_drain import SlowEnqueue
@@ -120,3 +128,40 @@ async def test_cli_reports_a_refused_token(key_pair: KeyPair) -> None:
             env=clean_env(),
         )
         assert good.returncode == 0
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("command", ["list", "monitor"])
+async def test_cli_ends_quietly_when_its_reader_leaves(
+    running: RunningServer, command: str
+) -> None:
+    """`list | head` and `monitor J | head`: status 141 as for SIGPIPE, no traceback."""
+    store = running.store
+    for _ in range(300):
+        await store.enqueue_job(request_id(), "default", params("echo", "x" * 500))
+    if command == "list":
+        args = ["list", "--json", "--page-size", "300"]
+    else:
+        delivery = await store.dequeue_job("default", 600, deadline=trio.current_time() + 1)
+        assert delivery is not None
+        assert delivery.job is not None
+        lines = [output_event(n, b"y" * 1000 + b"\n") for n in range(2, 301)]
+        await store.publish_events(delivery.task_token, [start_event(1), *lines])
+        args = ["monitor", delivery.job.job_id]
+    process = await trio.lowlevel.open_process(
+        [tool("airunner-cli"), *args, "--server", running.url],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    await process.stdout.receive_some(100)
+    await process.stdout.aclose()
+    errors = b""
+    with trio.fail_after(20):
+        while chunk := await process.stderr.receive_some():
+            errors += chunk
+        code = await process.wait()
+    assert code == 128 + signal.SIGPIPE
+    assert "Traceback" not in errors.decode()
