@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._app import build_app
 from ._auth import AuthConfigError, BearerAuth, load_public_key
+from ._disconnect import DisconnectWatch
 from ._drain import Drain
 from ._handlers import DEQUEUE_POLL_WINDOW_SECONDS
 
@@ -11,6 +12,7 @@ __all__ = [
     "DEQUEUE_POLL_WINDOW_SECONDS",
     "AuthConfigError",
     "BearerAuth",
+    "DisconnectWatch",
     "Drain",
     "build_app",
     "load_public_key",

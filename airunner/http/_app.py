@@ -17,6 +17,7 @@ from airunner.api.job.v1.job_connect import (
 from airunner.store import JobStore
 
 from ._auth import BearerAuth
+from ._disconnect import DisconnectWatch
 from ._drain import Drain
 from ._errors import ErrorMapping
 from ._handlers import DEQUEUE_POLL_WINDOW_SECONDS, JobEventsServiceHandler, JobServiceHandler
@@ -63,7 +64,8 @@ def build_app(
         events.path: events,
         "": _routes(drain),
     }
-    return _utf8_headers_only(TrioDispatcherMiddleware(mounts))
+    # Outermost, so that a request whose client has gone stops wherever it waits.
+    return DisconnectWatch(_utf8_headers_only(TrioDispatcherMiddleware(mounts)))
 
 
 def _utf8_headers_only(app: ASGIFramework) -> ASGIFramework:
