@@ -18,6 +18,7 @@ from airunner.store import JobStore
 
 from ._auth import BearerAuth
 from ._codecs import server_codecs
+from ._disconnect import DisconnectWatch
 from ._drain import Drain
 from ._errors import ErrorMapping
 from ._handlers import DEQUEUE_POLL_WINDOW_SECONDS, JobEventsServiceHandler, JobServiceHandler
@@ -67,7 +68,8 @@ def build_app(
         events.path: events,
         "": _routes(drain),
     }
-    return _utf8_headers_only(TrioDispatcherMiddleware(mounts))
+    # Outermost, so that a request whose client has gone stops wherever it waits.
+    return DisconnectWatch(_utf8_headers_only(TrioDispatcherMiddleware(mounts)))
 
 
 def _utf8_headers_only(app: ASGIFramework) -> ASGIFramework:
