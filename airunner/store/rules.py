@@ -61,6 +61,11 @@ _MAX_DURATION_SECONDS = 315_576_000_000
 # a terminal, and a job printing without end costs a bounded amount of memory
 # (memory store) or DynamoDB writes (SQS store).
 DEFAULT_MAX_OUTPUT_BYTES = 32 * 1024 * 1024
+# Each output item counts this much toward the cap besides its bytes: storing an
+# item costs about that again (a Python object in the memory store; key, framing
+# and attributes on DynamoDB), so that output in items of a byte or two is
+# bounded too. Items of a read's worth (kilobytes) hardly notice it.
+OUTPUT_ITEM_OVERHEAD_BYTES = 128
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 
@@ -334,7 +339,8 @@ class OutputLedger:
     """How much of a job's output is stored, and where it was cut, if it was.
 
     Attributes:
-        stored_bytes: Output bytes stored so far, over all the job's runs.
+        stored_bytes: Output bytes stored so far, over all the job's runs, as
+            ``output_bytes`` counts them.
         truncated_at: The stored sequence of the job's OUTPUT_TRUNCATED event;
             no output at or after it is stored.
     """
@@ -344,15 +350,20 @@ class OutputLedger:
 
 
 def output_bytes(event: JobEvent) -> int:
-    """The bytes of output an event carries (0 for events that carry none)."""
+    """The bytes of output an event counts toward the cap (0 for events that
+    carry none): each item's bytes plus ``OUTPUT_ITEM_OVERHEAD_BYTES``."""
     data = event.event_data
     if data is None:
         return 0
     if data.field == "output_batch":
-        return sum(len(item.output) for item in data.value.outputs)
+        return sum(_item_bytes(item.output) for item in data.value.outputs)
     if data.field == "output":
-        return len(data.value.output)
+        return _item_bytes(data.value.output)
     return 0
+
+
+def _item_bytes(output: bytes) -> int:
+    return len(output) + OUTPUT_ITEM_OVERHEAD_BYTES
 
 
 def cap_output(event: JobEvent, ledger: OutputLedger, limit: int) -> Iterator[JobEvent]:
@@ -381,8 +392,10 @@ def cap_output(event: JobEvent, ledger: OutputLedger, limit: int) -> Iterator[Jo
         room = limit - ledger.stored_bytes
         # The truncation event needs a sequence of the batch's own range.
         most = batch.end_sequence - batch.start_sequence
-        while kept < min(len(batch.outputs), most) and len(batch.outputs[kept].output) <= room:
-            room -= len(batch.outputs[kept].output)
+        while kept < min(len(batch.outputs), most) and (
+            _item_bytes(batch.outputs[kept].output) <= room
+        ):
+            room -= _item_bytes(batch.outputs[kept].output)
             kept += 1
     if kept:
         cut = trim_output(event, event.sequence + kept)

@@ -156,9 +156,9 @@ async def test_output_cap_holds_when_a_delivery_publishes_through_two_replicas(
         await second.publish_events(token, [batch(3, 300, 300)])
         # Back on the first replica, whose count is stale: the jump in sequences
         # tells it to learn the count again, and the output stays cut.
-        await first.publish_events(token, [batch(5, 50)])
+        await first.publish_events(token, [batch(5, 150)])
         # A worker that sends everything again, on either replica, changes nothing.
-        every = [start_event(1), batch(2, 600), batch(3, 300, 300), batch(5, 50), batch(6, 5)]
+        every = [start_event(1), batch(2, 600), batch(3, 300, 300), batch(5, 150), batch(6, 130)]
         await second.publish_events(token, every)
         await first.publish_events(token, every)
         await first.publish_events(token, [end_event(7)])

@@ -14,7 +14,7 @@ from airunner.api.job.v1.job_pb import (
     StreamType,
 )
 from airunner.store import EventQuery, JobStore
-from airunner.store.rules import output_bytes
+from airunner.store.rules import OUTPUT_ITEM_OVERHEAD_BYTES, output_bytes
 from tests.helpers import end_event, output_event, result, start_event
 
 from .conftest import OUTPUT_LIMIT
@@ -23,9 +23,15 @@ from .test_events import drain, finish, running_job, sequences
 from .test_jobs import enqueue, must_dequeue
 
 
-def batch(sequence: int, *sizes: int) -> JobEvent:
-    """An output batch from ``sequence``, one item (one sequence) per size."""
-    items = [OutputItem(output=b"x" * size, stream_type=StreamType.STDOUT) for size in sizes]
+def batch(sequence: int, *counted: int) -> JobEvent:
+    """An output batch from ``sequence``, one item (one sequence) for each
+    number: the bytes it counts toward the cap (its own and the overhead)."""
+    items = [
+        OutputItem(
+            output=b"x" * (size - OUTPUT_ITEM_OVERHEAD_BYTES), stream_type=StreamType.STDOUT
+        )
+        for size in counted
+    ]
     return JobEvent(
         sequence=sequence,
         event_type=EventType.OUTPUT_BATCH,
@@ -74,7 +80,7 @@ async def test_output_past_the_limit_is_cut_where_it_stops(store: JobStore) -> N
         await store.publish_events(token, [start_event(1), batch(2, 300, 300)])
         # 400 bytes of room: the first item fits, the second does not.
         await store.publish_events(token, [batch(4, 300, 300, 300)])
-        await store.publish_events(token, [batch(7, 10)])
+        await store.publish_events(token, [batch(7, 130)])
         await finish(store, delivery, 8)
     events = await log_of(store, delivery.job.job_id)
     assert sequences(events) == [1, 2, 4, 5, 8]
@@ -105,6 +111,20 @@ async def test_output_that_just_fits_is_stored_whole(store: JobStore) -> None:
     assert stored_output(events) == OUTPUT_LIMIT
 
 
+async def test_each_item_counts_its_overhead_too(store: JobStore) -> None:
+    delivery = await running_job(store)
+    # Items of one byte each: seven fit, with their overhead.
+    await store.publish_events(delivery.task_token, [start_event(1), batch(2, *[129] * 20)])
+    await finish(store, delivery, 22)
+    events = await log_of(store, delivery.job.job_id)
+    assert sequences(events) == [1, 2, 9, 22]
+    cut = events[1].event_data
+    assert cut is not None
+    assert cut.field == "output_batch"
+    assert [item.output for item in cut.value.outputs] == [b"x"] * 7
+    assert truncations(events) == [(9, OUTPUT_LIMIT, 7 * 129)]
+
+
 async def test_events_sent_again_are_counted_once_and_cut_once(
     store: JobStore,
 ) -> None:
@@ -113,10 +133,10 @@ async def test_events_sent_again_are_counted_once_and_cut_once(
     await store.publish_events(token, [start_event(1), batch(2, 600)])
     # Sent again before the cut: stored once, counted once.
     await store.publish_events(token, [start_event(1), batch(2, 600)])
-    sent = [start_event(1), batch(2, 600), batch(3, 300, 300), batch(5, 50)]
+    sent = [start_event(1), batch(2, 600), batch(3, 300, 300), batch(5, 150)]
     await store.publish_events(token, sent)
     # A worker that reconnects sends everything again, and then more.
-    await store.publish_events(token, [*sent, batch(6, 50)])
+    await store.publish_events(token, [*sent, batch(6, 150)])
     for event in sent:
         await store.publish_events(token, [event])
     await finish(store, delivery, 7)
@@ -152,9 +172,9 @@ async def test_output_after_the_cut_is_dropped_in_later_runs_too(
     await trio.sleep(VISIBILITY + slack + 0.5)
     second = await must_dequeue(store, visibility=60)
     token = second.task_token
-    await store.publish_events(token, [start_event(1), batch(2, 1), batch(3, 1)])
+    await store.publish_events(token, [start_event(1), batch(2, 129), batch(3, 129)])
     # The new run's worker sends it all again.
-    await store.publish_events(token, [start_event(1), batch(2, 1), batch(3, 1)])
+    await store.publish_events(token, [start_event(1), batch(2, 129), batch(3, 129)])
     await store.publish_events(token, [end_event(4)])
     await store.complete_job(token, result(job_id))
     events = await log_of(store, job_id)

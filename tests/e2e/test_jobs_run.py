@@ -679,12 +679,13 @@ async def test_a_worker_cut_off_from_its_server_stops_the_job_when_its_delivery_
 async def test_output_past_the_servers_limit_is_cut_with_a_line_saying_so(
     tmp_path: Path, repo: Repo
 ) -> None:
-    limit = 64 * 1024
+    # Room for a few of the worker's items (up to 200 KiB each).
+    limit = 512 * 1024
     store = MemoryJobStore(token_secret=b"e2e-secret", max_output_bytes=limit)
     async with run_server(store=store) as running:
         cli = Cli(running, tmp_path / "work")
         async with cli.worker():
-            script = "yes x | head -c 1000000; echo done >&2; exit 4"
+            script = "yes x | head -c 4000000; echo done >&2; exit 4"
             done = await cli.run("submit", str(repo.path), "--", "sh", "-c", script)
             assert done.returncode == 4, done.stderr
             assert 0 < len(done.stdout) <= limit

@@ -14,7 +14,8 @@ from tests.helpers import end_event, params, result, start_event
 
 
 async def _run(store: MemoryJobStore, request: str, output: int = 0) -> str:
-    """Enqueue a job, run it (with ``output`` bytes), complete it; return its id."""
+    """Enqueue a job, run it (with ``output`` bytes counted toward the cap),
+    complete it; return its id."""
     job = await store.enqueue_job(request, "default", params())
     delivery = await store.dequeue_job("default", 300, deadline=trio.current_time() + 1)
     assert delivery is not None
@@ -67,7 +68,7 @@ async def test_the_oldest_finished_jobs_go_past_the_output_total() -> None:
     first = await _run(store, "first", output=600)
     second = await _run(store, "second", output=400)
     assert await _kept(store, first)
-    third = await _run(store, "third", output=1)
+    third = await _run(store, "third", output=200)
     assert [await _kept(store, job_id) for job_id in (first, second, third)] == [
         False,
         True,
@@ -102,7 +103,7 @@ async def test_a_subscriber_of_an_evicted_job_ends_with_what_it_was_owed() -> No
     async with store.subscribe_events(job.job_id, EventQuery()) as stream:
         await store.publish_events(delivery.task_token, [start_event(1)])
         assert (await stream.receive()) is not None
-        await store.publish_events(delivery.task_token, [batch(2, 10), end_event(3)])
+        await store.publish_events(delivery.task_token, [batch(2, 200), end_event(3)])
         await store.complete_job(delivery.task_token, result(job.job_id))
         await _run(store, "next")
         assert not await _kept(store, job.job_id)

@@ -384,11 +384,13 @@ _OutputTruncatedEventFields: TypeAlias = Literal["limit_bytes", "stored_bytes"]
 class OutputTruncatedEvent(Message[_OutputTruncatedEventFields]):
     """
     The server stores at most limit_bytes of a job's output, counted over all
-    its runs (the bytes of OutputEvent.output and OutputItem.output). The output
-    event that would pass the limit is stored cut to the items that fit, and
-    this event takes the sequence of the first item left out; no output of the
-    job is stored after it, in this run or a later one, while its other events
-    (PROCESS_END, PROCESS_ERROR) still are. A job has at most one.
+    its runs: each OutputItem (or OutputEvent) counts its output's bytes plus
+    128 (what storing an item costs besides its bytes). The output event that
+    would pass the limit is stored cut to the items that fit, and this event
+    takes the sequence of the first item left out; no output of the job is
+    stored after it, in this run or a later one, while its other events
+    (PROCESS_END, PROCESS_ERROR) still are. A job has at most one. Sequences
+    of output left out are not stored: the log skips them.
 
     ```proto
     message job.v1.OutputTruncatedEvent
@@ -402,7 +404,7 @@ class OutputTruncatedEvent(Message[_OutputTruncatedEventFields]):
             int64 limit_bytes = 1;
             ```
         stored_bytes:
-            The job's output bytes stored before this event.
+            The job's output stored before this event, counted as above.
 
             ```proto
             int64 stored_bytes = 2;
