@@ -28,7 +28,7 @@ CONFIRM_SECONDS = 3
 POLL = 5.0
 # Output bytes a job may store: small, so that the cap takes a few events to
 # reach, and far above what the other tests publish.
-OUTPUT_LIMIT = 1000
+OUTPUT_LIMIT = 10_000
 
 
 @pytest.fixture(params=STORES)

@@ -77,9 +77,9 @@ async def test_output_past_the_limit_is_cut_where_it_stops(store: JobStore) -> N
 
     async with trio.open_nursery() as nursery:
         await nursery.start(watch)
-        await store.publish_events(token, [start_event(1), batch(2, 300, 300)])
-        # 400 bytes of room: the first item fits, the second does not.
-        await store.publish_events(token, [batch(4, 300, 300, 300)])
+        await store.publish_events(token, [start_event(1), batch(2, 3000, 3000)])
+        # 4000 bytes of room: the first item fits, the second does not.
+        await store.publish_events(token, [batch(4, 3000, 3000, 3000)])
         await store.publish_events(token, [batch(7, 130)])
         await finish(store, delivery, 8)
     events = await log_of(store, delivery.job.job_id)
@@ -90,8 +90,8 @@ async def test_output_past_the_limit_is_cut_where_it_stops(store: JobStore) -> N
     assert cut.field == "output_batch"
     assert (cut.value.start_sequence, cut.value.end_sequence) == (4, 4)
     assert len(cut.value.outputs) == 1
-    assert truncations(events) == [(5, OUTPUT_LIMIT, 900)]
-    assert stored_output(events) == 900
+    assert truncations(events) == [(5, OUTPUT_LIMIT, 9000)]
+    assert stored_output(events) == 9000
     # The job still ends as its worker said.
     assert events[-1].event_type == EventType.PROCESS_END
     # A reader resuming at the cut sees it, then the end.
@@ -113,16 +113,16 @@ async def test_output_that_just_fits_is_stored_whole(store: JobStore) -> None:
 
 async def test_each_item_counts_its_overhead_too(store: JobStore) -> None:
     delivery = await running_job(store)
-    # Items of one byte each: seven fit, with their overhead.
-    await store.publish_events(delivery.task_token, [start_event(1), batch(2, *[129] * 20)])
-    await finish(store, delivery, 22)
+    # Items of one byte each: 77 fit, with their overhead.
+    await store.publish_events(delivery.task_token, [start_event(1), batch(2, *[129] * 100)])
+    await finish(store, delivery, 102)
     events = await log_of(store, delivery.job.job_id)
-    assert sequences(events) == [1, 2, 9, 22]
+    assert sequences(events) == [1, 2, 79, 102]
     cut = events[1].event_data
     assert cut is not None
     assert cut.field == "output_batch"
-    assert [item.output for item in cut.value.outputs] == [b"x"] * 7
-    assert truncations(events) == [(9, OUTPUT_LIMIT, 7 * 129)]
+    assert [item.output for item in cut.value.outputs] == [b"x"] * 77
+    assert truncations(events) == [(79, OUTPUT_LIMIT, 77 * 129)]
 
 
 async def test_events_sent_again_are_counted_once_and_cut_once(
@@ -130,10 +130,10 @@ async def test_events_sent_again_are_counted_once_and_cut_once(
 ) -> None:
     delivery = await running_job(store)
     token = delivery.task_token
-    await store.publish_events(token, [start_event(1), batch(2, 600)])
+    await store.publish_events(token, [start_event(1), batch(2, 6000)])
     # Sent again before the cut: stored once, counted once.
-    await store.publish_events(token, [start_event(1), batch(2, 600)])
-    sent = [start_event(1), batch(2, 600), batch(3, 300, 300), batch(5, 150)]
+    await store.publish_events(token, [start_event(1), batch(2, 6000)])
+    sent = [start_event(1), batch(2, 6000), batch(3, 3000, 3000), batch(5, 150)]
     await store.publish_events(token, sent)
     # A worker that reconnects sends everything again, and then more.
     await store.publish_events(token, [*sent, batch(6, 150)])
@@ -142,8 +142,8 @@ async def test_events_sent_again_are_counted_once_and_cut_once(
     await finish(store, delivery, 7)
     events = await log_of(store, delivery.job.job_id)
     assert sequences(events) == [1, 2, 3, 4, 7]
-    assert truncations(events) == [(4, OUTPUT_LIMIT, 900)]
-    assert stored_output(events) == 900
+    assert truncations(events) == [(4, OUTPUT_LIMIT, 9000)]
+    assert stored_output(events) == 9000
 
 
 async def test_the_limit_counts_the_output_of_every_run(
@@ -151,16 +151,16 @@ async def test_the_limit_counts_the_output_of_every_run(
 ) -> None:
     job_id = await enqueue(store)
     first = await must_dequeue(store, visibility=VISIBILITY)
-    await store.publish_events(first.task_token, [start_event(1), batch(2, 700)])
+    await store.publish_events(first.task_token, [start_event(1), batch(2, 7000)])
     await trio.sleep(VISIBILITY + slack + 0.5)
     second = await must_dequeue(store, visibility=60)
-    await store.publish_events(second.task_token, [start_event(1), batch(2, 200, 200)])
+    await store.publish_events(second.task_token, [start_event(1), batch(2, 2000, 2000)])
     await finish(store, second, 4)
     events = await log_of(store, job_id)
     # Run 1: 1, 2, its closing error (3); run 2 from 4: the cut batch, the cut.
     assert sequences(events) == [1, 2, 3, 4, 5, 6, 7]
-    assert truncations(events) == [(6, OUTPUT_LIMIT, 900)]
-    assert stored_output(events) == 900
+    assert truncations(events) == [(6, OUTPUT_LIMIT, 9000)]
+    assert stored_output(events) == 9000
 
 
 async def test_output_after_the_cut_is_dropped_in_later_runs_too(
@@ -168,7 +168,7 @@ async def test_output_after_the_cut_is_dropped_in_later_runs_too(
 ) -> None:
     job_id = await enqueue(store)
     first = await must_dequeue(store, visibility=VISIBILITY)
-    await store.publish_events(first.task_token, [start_event(1), batch(2, 600, 600)])
+    await store.publish_events(first.task_token, [start_event(1), batch(2, 6000, 6000)])
     await trio.sleep(VISIBILITY + slack + 0.5)
     second = await must_dequeue(store, visibility=60)
     token = second.task_token
@@ -180,6 +180,6 @@ async def test_output_after_the_cut_is_dropped_in_later_runs_too(
     events = await log_of(store, job_id)
     # Run 1: 1, 2 (cut), 3 (the cut), its closing error (4); run 2 from 5: start, end.
     assert sequences(events) == [1, 2, 3, 4, 5, 8]
-    assert truncations(events) == [(3, OUTPUT_LIMIT, 600)]
-    assert stored_output(events) == 600
+    assert truncations(events) == [(3, OUTPUT_LIMIT, 6000)]
+    assert stored_output(events) == 6000
     assert events[-1].event_type == EventType.PROCESS_END
