@@ -9,11 +9,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from airunner.store import rules
+from airunner.store import (
+    DEFAULT_FINISHED_JOB_TTL_SECONDS,
+    DEFAULT_MAX_FINISHED_JOBS,
+    DEFAULT_MAX_FINISHED_OUTPUT_BYTES,
+    rules,
+)
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 # DynamoDB TTL takes any future time; ten years is far past any sane retention.
 MAX_EVENTS_TTL_DAYS = 3650
+# A terabyte of output is no limit; at least a kilobyte, or no error message fits.
+MIN_OUTPUT_BYTES = 1024
+MAX_OUTPUT_BYTES = 2**40
+# Beyond these the memory store is no longer bounded in any useful sense.
+MAX_FINISHED_JOBS = 10_000_000
+MAX_FINISHED_JOB_TTL = 366 * 24 * 3600
 
 
 class ConfigError(Exception):
@@ -25,6 +36,10 @@ class MemoryStoreSettings:
     default_visibility_timeout: int = rules.DEFAULT_VISIBILITY_TIMEOUT_SECONDS
     token_signing_secret: bytes | None = None
     max_attempts: int = rules.DEFAULT_MAX_ATTEMPTS
+    max_output_bytes: int = rules.DEFAULT_MAX_OUTPUT_BYTES
+    max_finished_jobs: int = DEFAULT_MAX_FINISHED_JOBS
+    finished_job_ttl: int = DEFAULT_FINISHED_JOB_TTL_SECONDS
+    max_finished_output_bytes: int = DEFAULT_MAX_FINISHED_OUTPUT_BYTES
 
 
 @dataclass(frozen=True)
@@ -36,6 +51,7 @@ class SQSStoreSettings:
     events_ttl_days: int
     token_signing_secret: bytes
     max_attempts: int = rules.DEFAULT_MAX_ATTEMPTS
+    max_output_bytes: int = rules.DEFAULT_MAX_OUTPUT_BYTES
 
 
 StoreSettings = MemoryStoreSettings | SQSStoreSettings
@@ -50,17 +66,51 @@ def store_settings_from_env(env: Mapping[str, str]) -> StoreSettings:
     """
     store_type = env.get("AIRUNNER_STORE_TYPE", "") or "memory"
     if store_type == "memory":
-        return MemoryStoreSettings(
-            default_visibility_timeout=_visibility_timeout(env),
-            token_signing_secret=env.get("AIRUNNER_TOKEN_SIGNING_SECRET", "").encode() or None,
-            max_attempts=_max_attempts(env),
-        )
+        return _memory_settings(env)
     if store_type == "sqs":
         try:
             return _sqs_settings(env)
         except ConfigError as e:
             raise ConfigError(f"failed to create SQS store: {e}") from None
     raise ConfigError(f"unknown store type: {store_type}")
+
+
+def _memory_settings(env: Mapping[str, str]) -> MemoryStoreSettings:
+    max_output = _max_output_bytes(env)
+    finished_output = _int_env(
+        env,
+        "AIRUNNER_MEMORY_MAX_FINISHED_OUTPUT_BYTES",
+        DEFAULT_MAX_FINISHED_OUTPUT_BYTES,
+        0,
+        MAX_OUTPUT_BYTES,
+    )
+    if finished_output < max_output:
+        # Else a job with all its output would be forgotten the moment it finished.
+        raise ConfigError(
+            f"AIRUNNER_MEMORY_MAX_FINISHED_OUTPUT_BYTES ({finished_output}) must be at least "
+            f"AIRUNNER_MAX_OUTPUT_BYTES ({max_output})"
+        )
+    return MemoryStoreSettings(
+        default_visibility_timeout=_visibility_timeout(env),
+        token_signing_secret=env.get("AIRUNNER_TOKEN_SIGNING_SECRET", "").encode() or None,
+        max_attempts=_max_attempts(env),
+        max_output_bytes=max_output,
+        max_finished_jobs=_int_env(
+            env,
+            "AIRUNNER_MEMORY_MAX_FINISHED_JOBS",
+            DEFAULT_MAX_FINISHED_JOBS,
+            1,
+            MAX_FINISHED_JOBS,
+        ),
+        finished_job_ttl=_int_env(
+            env,
+            "AIRUNNER_MEMORY_FINISHED_JOB_TTL",
+            DEFAULT_FINISHED_JOB_TTL_SECONDS,
+            1,
+            MAX_FINISHED_JOB_TTL,
+        ),
+        max_finished_output_bytes=finished_output,
+    )
 
 
 def _sqs_settings(env: Mapping[str, str]) -> SQSStoreSettings:
@@ -85,6 +135,7 @@ def _sqs_settings(env: Mapping[str, str]) -> SQSStoreSettings:
         events_ttl_days=ttl_days,
         token_signing_secret=secret.encode(),
         max_attempts=_max_attempts(env),
+        max_output_bytes=_max_output_bytes(env),
     )
 
 
@@ -135,6 +186,16 @@ def _visibility_timeout(env: Mapping[str, str]) -> int:
 def _max_attempts(env: Mapping[str, str]) -> int:
     return _int_env(
         env, "AIRUNNER_MAX_ATTEMPTS", rules.DEFAULT_MAX_ATTEMPTS, 1, rules.MAX_ATTEMPTS_LIMIT
+    )
+
+
+def _max_output_bytes(env: Mapping[str, str]) -> int:
+    return _int_env(
+        env,
+        "AIRUNNER_MAX_OUTPUT_BYTES",
+        rules.DEFAULT_MAX_OUTPUT_BYTES,
+        MIN_OUTPUT_BYTES,
+        MAX_OUTPUT_BYTES,
     )
 
 

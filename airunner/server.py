@@ -47,6 +47,10 @@ async def open_store(settings: StoreSettings) -> AsyncIterator[JobStore]:
             default_visibility_timeout=settings.default_visibility_timeout,
             token_secret=settings.token_signing_secret,
             max_attempts=settings.max_attempts,
+            max_output_bytes=settings.max_output_bytes,
+            max_finished_jobs=settings.max_finished_jobs,
+            finished_job_ttl=settings.finished_job_ttl,
+            max_finished_output_bytes=settings.max_finished_output_bytes,
         )
         return
     async with open_aws_clients() as aws:
@@ -59,6 +63,7 @@ async def open_store(settings: StoreSettings) -> AsyncIterator[JobStore]:
             token_secret=settings.token_signing_secret,
             events_ttl_days=settings.events_ttl_days,
             max_attempts=settings.max_attempts,
+            max_output_bytes=settings.max_output_bytes,
         )
         try:
             await store.check_resources()

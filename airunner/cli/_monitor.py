@@ -99,4 +99,10 @@ def _show(event: JobEvent) -> int | None:
     elif event.event_type == EventType.PROCESS_ERROR and data.field == "process_error":
         status(f"job failed: {data.value.error_message}")
         return 1
+    elif event.event_type == EventType.OUTPUT_TRUNCATED and data.field == "output_truncated":
+        sys.stdout.flush()
+        status(
+            f"output truncated: the server stores at most {data.value.limit_bytes} bytes "
+            "of a job's output; the rest was dropped"
+        )
     return None

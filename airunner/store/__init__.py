@@ -29,10 +29,19 @@ from ._errors import (
     Unavailable,
 )
 from ._ids import new_job_id
-from ._memory import DEFAULT_QUEUES, MemoryJobStore
+from ._memory import (
+    DEFAULT_FINISHED_JOB_TTL_SECONDS,
+    DEFAULT_MAX_FINISHED_JOBS,
+    DEFAULT_MAX_FINISHED_OUTPUT_BYTES,
+    DEFAULT_QUEUES,
+    MemoryJobStore,
+)
 from ._tokens import TaskToken, TaskTokenSigner
 
 __all__ = [
+    "DEFAULT_FINISHED_JOB_TTL_SECONDS",
+    "DEFAULT_MAX_FINISHED_JOBS",
+    "DEFAULT_MAX_FINISHED_OUTPUT_BYTES",
     "DEFAULT_QUEUES",
     "FINAL_STATES",
     "TERMINAL_EVENT_TYPES",

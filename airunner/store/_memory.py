@@ -3,6 +3,13 @@
 Everything runs on one trio thread and no method awaits between reading and
 writing its state, so no locks are needed. Deadlines are trio times, so tests
 drive visibility expiry with a mock clock.
+
+Memory is bounded. A job's output is capped (``rules.cap_output``), and
+finished jobs are kept up to a count, a total of output bytes and an age,
+oldest finished first: each call first forgets the finished jobs past their
+age, and finishing a job forgets the oldest while there are too many. An
+evicted job is gone: NotFound, and its request_id makes a new job. Jobs
+waiting or running are never evicted.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import logging
 import math
 import os
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -54,6 +61,13 @@ DEFAULT_QUEUES = ("default", "priority")
 # watcher drains far faster than a worker publishes; one that does not is
 # told where to resume instead of holding unbounded memory.
 DEFAULT_SUBSCRIBER_BUFFER = 256
+# Finished jobs kept: plenty for looking back over a day's work on one machine.
+DEFAULT_MAX_FINISHED_JOBS = 1000
+# How long a finished job is kept: a day, the time frame of "what ran earlier".
+DEFAULT_FINISHED_JOB_TTL_SECONDS = 24 * 60 * 60
+# Output bytes of all finished jobs together: with the per-job cap (32 MiB) it
+# keeps the store's memory a number one can state, however many jobs finish.
+DEFAULT_MAX_FINISHED_OUTPUT_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(eq=False)
@@ -84,6 +98,10 @@ class _JobRecord:
     sequence_base: int = 0
     # The highest sequence stored, counting the items an output batch covers.
     last_sequence: int = 0
+    # Output stored so far, over all runs, and where it was cut.
+    output: rules.OutputLedger = field(default_factory=rules.OutputLedger)
+    # Trio time at which the job became final.
+    finished_at: float = math.inf
     subscribers: set[_Subscriber] = field(default_factory=set)
 
     @property
@@ -164,6 +182,10 @@ class MemoryJobStore:
         subscriber_buffer: Live events one subscriber may have waiting.
         max_attempts: Runs a job may have unless it says otherwise.
         confirm_seconds: How long a delivery waits to be taken up.
+        max_output_bytes: Output bytes stored per job, over all its runs.
+        max_finished_jobs: Finished jobs kept.
+        finished_job_ttl: Seconds a finished job is kept.
+        max_finished_output_bytes: Output bytes kept of all finished jobs together.
     """
 
     def __init__(
@@ -175,6 +197,10 @@ class MemoryJobStore:
         subscriber_buffer: int = DEFAULT_SUBSCRIBER_BUFFER,
         max_attempts: int = rules.DEFAULT_MAX_ATTEMPTS,
         confirm_seconds: int = rules.CONFIRM_SECONDS,
+        max_output_bytes: int = rules.DEFAULT_MAX_OUTPUT_BYTES,
+        max_finished_jobs: int = DEFAULT_MAX_FINISHED_JOBS,
+        finished_job_ttl: float = DEFAULT_FINISHED_JOB_TTL_SECONDS,
+        max_finished_output_bytes: int = DEFAULT_MAX_FINISHED_OUTPUT_BYTES,
     ) -> None:
         self._queues = {name: _Queue() for name in queues}
         self._default_visibility = rules.visibility_timeout(default_visibility_timeout, 300)
@@ -182,8 +208,15 @@ class MemoryJobStore:
         self._subscriber_buffer = subscriber_buffer
         self._max_attempts = max_attempts
         self._confirm_seconds = confirm_seconds
+        self._max_output_bytes = max_output_bytes
+        self._max_finished_jobs = max_finished_jobs
+        self._finished_job_ttl = finished_job_ttl
+        self._max_finished_output_bytes = max_finished_output_bytes
+        # Every job, in the order it was created (ListJobs reads it backwards).
         self._jobs: dict[str, _JobRecord] = {}
-        self._created: list[_JobRecord] = []
+        # Finished jobs in the order they finished, and their output bytes.
+        self._finished: OrderedDict[str, _JobRecord] = OrderedDict()
+        self._finished_output_bytes = 0
         self._by_request_id: dict[str, _JobRecord] = {}
         self._order = itertools.count()
         # (deadline, job id, attempt); entries of updated or ended deliveries stay
@@ -196,6 +229,7 @@ class MemoryJobStore:
 
     async def enqueue_job(self, request_id: str, queue: str, params: JobParams | None) -> Job:
         await trio.lowlevel.checkpoint()
+        self._evict_expired()
         params = rules.check_enqueue(request_id, queue, params, self._queues)
         if (existing := self._by_request_id.get(request_id)) is not None:
             return copy.deepcopy(existing.job)
@@ -216,7 +250,6 @@ class MemoryJobStore:
             max_attempts=rules.attempt_limit(params, self._max_attempts),
         )
         self._jobs[job.job_id] = record
-        self._created.append(record)
         self._by_request_id[request_id] = record
         self._make_ready(record)
         telemetry.jobs_enqueued.add(1, {"queue": queue})
@@ -226,6 +259,7 @@ class MemoryJobStore:
         self, queue: str, visibility_timeout_seconds: int, *, deadline: float
     ) -> Delivery | None:
         await trio.lowlevel.checkpoint()
+        self._evict_expired()
         rules.check_queue(queue, self._queues)
         visibility = rules.visibility_timeout(visibility_timeout_seconds, self._default_visibility)
         waiting = self._queues[queue]
@@ -239,6 +273,7 @@ class MemoryJobStore:
 
     async def release_job(self, task_token: str) -> None:
         await trio.lowlevel.checkpoint()
+        self._evict_expired()
         _, record = self._current(task_token)
         self._end_delivery(record)
 
@@ -246,6 +281,7 @@ class MemoryJobStore:
         self, queue: str, task_token: str, visibility_timeout_seconds: int
     ) -> None:
         await trio.lowlevel.checkpoint()
+        self._evict_expired()
         rules.check_queue(queue, self._queues)
         token, record = self._current(task_token)
         rules.check_token_queue(token, queue)
@@ -256,6 +292,7 @@ class MemoryJobStore:
 
     async def complete_job(self, task_token: str, result: JobResult | None) -> None:
         await trio.lowlevel.checkpoint()
+        self._evict_expired()
         token = self._signer.verify(task_token)
         result = rules.check_result(result, token)
         record = self._jobs.get(token.job_id)
@@ -274,12 +311,13 @@ class MemoryJobStore:
 
     async def list_jobs(self, queue: str, state: JobState, page: int, page_size: int) -> JobPage:
         await trio.lowlevel.checkpoint()
+        self._evict_expired()
         page, page_size = rules.page_args(state, page, page_size)
         if queue:
             rules.check_queue(queue, self._queues)
         matching = [
             record
-            for record in reversed(self._created)
+            for record in reversed(self._jobs.values())
             if (not queue or record.queue == queue)
             and (state == JobState.UNSPECIFIED or record.state == state)
         ]
@@ -289,10 +327,12 @@ class MemoryJobStore:
 
     async def get_job(self, job_id: str) -> Job:
         await trio.lowlevel.checkpoint()
+        self._evict_expired()
         return copy.deepcopy(self._record(job_id).job)
 
     async def publish_events(self, task_token: str, events: Sequence[JobEvent]) -> None:
         await trio.lowlevel.checkpoint()
+        self._evict_expired()
         _, record = self._current(task_token)
         rules.check_events(events)
         if not record.taken_up:
@@ -303,13 +343,16 @@ class MemoryJobStore:
         for event in events:
             if record.sequence_base + event.sequence in record.events:
                 continue
-            stored_count += 1
-            self._store_event(record, rebased(event, record.sequence_base))
+            new = rebased(event, record.sequence_base)
+            for stored in rules.cap_output(new, record.output, self._max_output_bytes):
+                stored_count += 1
+                self._store_event(record, stored)
         telemetry.events_persisted.add(stored_count, {"queue": record.queue})
 
     @asynccontextmanager
     async def subscribe_events(self, job_id: str, query: EventQuery) -> AsyncIterator[_Subscriber]:
         await trio.lowlevel.checkpoint()
+        self._evict_expired()
         record = self._record(job_id)
         start = bisect.bisect_left(record.sequences, query.from_sequence)
         history = [
@@ -339,9 +382,10 @@ class MemoryJobStore:
         """The trio time at which the next delivery expires, if any runs."""
         while self._expiries:
             deadline, job_id, attempt = self._expiries[0]
-            record = self._jobs[job_id]
+            record = self._jobs.get(job_id)
             if (
-                record.state == JobState.RUNNING
+                record is not None
+                and record.state == JobState.RUNNING
                 and record.attempt == attempt
                 and record.visible_until == deadline
             ):
@@ -433,6 +477,38 @@ class MemoryJobStore:
         for subscriber in record.subscribers:
             subscriber.finish()
         telemetry.jobs_completed.add(1, {"queue": record.queue, "state": state.name})
+        record.finished_at = trio.current_time()
+        self._finished[record.job.job_id] = record
+        self._finished_output_bytes += record.output.stored_bytes
+        while self._finished and (
+            len(self._finished) > self._max_finished_jobs
+            or self._finished_output_bytes > self._max_finished_output_bytes
+        ):
+            self._evict(next(iter(self._finished.values())))
+
+    def _evict_expired(self) -> None:
+        """Forget the finished jobs older than their time to live (the oldest first)."""
+        deadline = trio.current_time() - self._finished_job_ttl
+        while self._finished:
+            oldest = next(iter(self._finished.values()))
+            if oldest.finished_at > deadline:
+                return
+            self._evict(oldest)
+
+    def _evict(self, record: _JobRecord) -> None:
+        """Forget a finished job: it is not found from now on, and its request_id
+        makes a new job."""
+        job_id = record.job.job_id
+        del self._finished[job_id]
+        del self._jobs[job_id]
+        self._finished_output_bytes -= record.output.stored_bytes
+        if self._by_request_id.get(record.request_id) is record:
+            del self._by_request_id[record.request_id]
+        # Finished already; they end once they have read what they hold.
+        for subscriber in record.subscribers:
+            subscriber.finish()
+        record.subscribers.clear()
+        log.debug("finished job %s evicted", job_id)
 
     def _store_event(self, record: _JobRecord, stored: JobEvent) -> None:
         """Keep an event (its sequence already past earlier runs'); tell subscribers."""

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
+from protobuf import Oneof
 from protobuf.wkt import Duration, Timestamp
 
 from airunner.api.job.v1.job_pb import (
@@ -15,6 +19,8 @@ from airunner.api.job.v1.job_pb import (
     JobParams,
     JobResult,
     JobState,
+    OutputBatchEvent,
+    OutputTruncatedEvent,
     ProcessType,
 )
 
@@ -51,11 +57,22 @@ MAX_SEQUENCE = 2**40
 _MIN_TIMESTAMP_SECONDS = -62_135_596_800
 _MAX_TIMESTAMP_SECONDS = 253_402_300_799
 _MAX_DURATION_SECONDS = 315_576_000_000
+# Output bytes stored per job, over all its runs: far more than anyone reads in
+# a terminal, and a job printing without end costs a bounded amount of memory
+# (memory store) or DynamoDB writes (SQS store).
+DEFAULT_MAX_OUTPUT_BYTES = 32 * 1024 * 1024
+# Each output item counts this much toward the cap besides its bytes: storing an
+# item costs about that again (a Python object in the memory store; key, framing
+# and attributes on DynamoDB), so that output in items of a byte or two is
+# bounded too. Items of a read's worth (kilobytes) hardly notice it.
+OUTPUT_ITEM_OVERHEAD_BYTES = 128
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 
 _PROCESS_TYPES = frozenset(ProcessType)
 _EVENT_TYPES = frozenset(EventType) - {EventType.UNSPECIFIED}
+# Event types only the store makes; a publisher that sends one is refused.
+_STORE_EVENT_TYPES = frozenset({EventType.OUTPUT_TRUNCATED})
 _STATES = frozenset(JobState)
 
 
@@ -247,8 +264,14 @@ def check_events(events: Sequence[JobEvent]) -> None:
             raise InvalidArgument(
                 f"event {event.sequence} has an unknown event_type {int(event.event_type)}"
             )
-        _check_timestamp(event.timestamp, f"event {event.sequence} timestamp")
         data = event.event_data
+        if event.event_type in _STORE_EVENT_TYPES or (
+            data is not None and data.field == "output_truncated"
+        ):
+            raise InvalidArgument(
+                f"event {event.sequence}: OUTPUT_TRUNCATED events are the server's own"
+            )
+        _check_timestamp(event.timestamp, f"event {event.sequence} timestamp")
         if data is not None and data.field == "output_batch":
             batch = data.value
             if batch.start_sequence != event.sequence or not (
@@ -306,3 +329,119 @@ def check_event_query(
     if unknown := types - _EVENT_TYPES:
         raise InvalidArgument(f"event_filter has unknown event types {sorted(map(int, unknown))}")
     return EventQuery(from_sequence, from_timestamp_ms, types)
+
+
+# The output cap.
+
+
+@dataclass
+class OutputLedger:
+    """How much of a job's output is stored, and where it was cut, if it was.
+
+    Attributes:
+        stored_bytes: Output bytes stored so far, over all the job's runs, as
+            ``output_bytes`` counts them.
+        truncated_at: The stored sequence of the job's OUTPUT_TRUNCATED event;
+            no output at or after it is stored.
+    """
+
+    stored_bytes: int = 0
+    truncated_at: int | None = None
+
+
+def output_bytes(event: JobEvent) -> int:
+    """The bytes of output an event counts toward the cap (0 for events that
+    carry none): each item's bytes plus ``OUTPUT_ITEM_OVERHEAD_BYTES``."""
+    data = event.event_data
+    if data is None:
+        return 0
+    if data.field == "output_batch":
+        return sum(_item_bytes(item.output) for item in data.value.outputs)
+    if data.field == "output":
+        return _item_bytes(data.value.output)
+    return 0
+
+
+def _item_bytes(output: bytes) -> int:
+    return len(output) + OUTPUT_ITEM_OVERHEAD_BYTES
+
+
+def cap_output(event: JobEvent, ledger: OutputLedger, limit: int) -> Iterator[JobEvent]:
+    """What to store for an event new to the job (its sequences already rebased).
+
+    Output that fits under ``limit`` with what is stored already is stored and
+    counted in ``ledger``. The event that would pass it is cut to the items that
+    fit, and an OUTPUT_TRUNCATED event takes the sequence of the first item left
+    out (the event's own, when none fits); output after that is dropped. Events
+    that carry no output are stored whatever the ledger says.
+    """
+    size = output_bytes(event)
+    data = event.event_data
+    if data is None or data.field not in ("output_batch", "output"):
+        yield event
+        return
+    if ledger.truncated_at is not None:
+        return
+    if ledger.stored_bytes + size <= limit:
+        ledger.stored_bytes += size
+        yield event
+        return
+    kept = 0
+    if data.field == "output_batch":
+        batch = data.value
+        room = limit - ledger.stored_bytes
+        # The truncation event needs a sequence of the batch's own range.
+        most = batch.end_sequence - batch.start_sequence
+        while kept < min(len(batch.outputs), most) and (
+            _item_bytes(batch.outputs[kept].output) <= room
+        ):
+            room -= _item_bytes(batch.outputs[kept].output)
+            kept += 1
+    if kept:
+        cut = trim_output(event, event.sequence + kept)
+        assert cut is not None
+        ledger.stored_bytes += output_bytes(cut)
+        yield cut
+    ledger.truncated_at = event.sequence + kept
+    yield output_truncated_event(ledger.truncated_at, event.timestamp, limit, ledger.stored_bytes)
+
+
+def trim_output(event: JobEvent, truncated_at: int) -> JobEvent | None:
+    """The event without the output at or after sequence ``truncated_at``: itself
+    if it has none there, None if nothing is left."""
+    data = event.event_data
+    if data is None or data.field not in ("output_batch", "output"):
+        return event
+    if data.field == "output" or event.sequence >= truncated_at:
+        return event if event.sequence < truncated_at else None
+    batch = data.value
+    if batch.end_sequence < truncated_at:
+        return event
+    cut = copy.deepcopy(batch)
+    del cut.outputs[truncated_at - batch.start_sequence :]
+    cut.end_sequence = truncated_at - 1
+    return JobEvent(
+        sequence=event.sequence,
+        timestamp=copy.deepcopy(event.timestamp),
+        event_type=event.event_type,
+        event_data=Oneof[Literal["output_batch"], OutputBatchEvent](
+            field="output_batch", value=cut
+        ),
+    )
+
+
+def output_truncated_event(
+    sequence: int, timestamp: Timestamp | None, limit: int, stored: int
+) -> JobEvent:
+    """The event that says a job's output stops here."""
+    return JobEvent(
+        sequence=sequence,
+        timestamp=copy.deepcopy(timestamp)
+        if timestamp is not None
+        else Timestamp.from_nanos(time.time_ns()),
+        event_type=EventType.OUTPUT_TRUNCATED,
+        event_data=Oneof[Literal["output_truncated"], OutputTruncatedEvent](
+            field="output_truncated",
+            value=OutputTruncatedEvent(limit_bytes=limit, stored_bytes=stored),
+        ),
+    )

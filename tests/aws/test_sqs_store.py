@@ -10,9 +10,20 @@ import pytest
 import trio
 
 from airunner.api.job.v1.job_pb import JobState
-from airunner.store import InvalidArgument, TaskTokenSigner
-from tests.conftest import open_sqs_store
-from tests.helpers import eventually, output_event, params, request_id, result, start_event
+from airunner.store import EventQuery, InvalidArgument, TaskTokenSigner
+from airunner.store.rules import output_bytes
+from tests.conftest import open_sqs_store, running_sqs_store
+from tests.contract.test_events import drain
+from tests.contract.test_output_cap import batch, truncations
+from tests.helpers import (
+    end_event,
+    eventually,
+    output_event,
+    params,
+    request_id,
+    result,
+    start_event,
+)
 
 pytestmark = pytest.mark.aws
 
@@ -124,3 +135,36 @@ async def test_events_are_written_25_items_per_batch_at_most(aws_env: dict[str, 
         # moto would take 60 items in one call; DynamoDB takes 25. The calls run
         # at once, so they end in any order.
         assert sorted(calls) == [10, 25, 25]
+
+
+async def test_output_cap_holds_when_a_delivery_publishes_through_two_replicas(
+    aws_env: dict[str, str],
+) -> None:
+    limit = 1000
+    async with (
+        open_sqs_store(token_secret=SECRET, max_output_bytes=limit) as (first, aws, resources),
+        running_sqs_store(aws, resources, token_secret=SECRET, max_output_bytes=limit) as second,
+    ):
+        job = await first.enqueue_job(request_id(), "default", params())
+        delivery = await first.dequeue_job("default", 600, deadline=trio.current_time() + 15)
+        assert delivery is not None
+        token = delivery.task_token
+        await first.publish_events(token, [])
+        await first.publish_events(token, [start_event(1), batch(2, 600)])
+        # The stream moves to the other replica, which learns the count from the
+        # last event item, and cuts the output there.
+        await second.publish_events(token, [batch(3, 300, 300)])
+        # Back on the first replica, whose count is stale: the jump in sequences
+        # tells it to learn the count again, and the output stays cut.
+        await first.publish_events(token, [batch(5, 150)])
+        # A worker that sends everything again, on either replica, changes nothing.
+        every = [start_event(1), batch(2, 600), batch(3, 300, 300), batch(5, 150), batch(6, 130)]
+        await second.publish_events(token, every)
+        await first.publish_events(token, every)
+        await first.publish_events(token, [end_event(7)])
+        await first.complete_job(token, result(job.job_id))
+        async with second.subscribe_events(job.job_id, EventQuery()) as stream:
+            events = await drain(stream)
+    assert [event.sequence for event in events] == [1, 2, 3, 4, 7]
+    assert truncations(events) == [(4, limit, 900)]
+    assert sum(output_bytes(event) for event in events) == 900

@@ -26,6 +26,9 @@ SUBSCRIBER_BUFFER = 8
 # coming back in a few seconds.
 CONFIRM_SECONDS = 3
 POLL = 5.0
+# Output bytes a job may store: small, so that the cap takes a few events to
+# reach, and far above what the other tests publish.
+OUTPUT_LIMIT = 10_000
 
 
 @pytest.fixture(params=STORES)
@@ -55,6 +58,7 @@ async def store(
             token_secret=b"contract-secret",
             subscriber_buffer=SUBSCRIBER_BUFFER,
             confirm_seconds=CONFIRM_SECONDS,
+            max_output_bytes=OUTPUT_LIMIT,
         )
         for actor in made.actors():
             await nursery.start(actor.run)
@@ -62,5 +66,9 @@ async def store(
         return
     # Fresh queues and tables on moto's server for every test.
     request.getfixturevalue("aws_env")
-    async with open_sqs_store(confirm_seconds=CONFIRM_SECONDS) as (sqs_store, _, _):
+    async with open_sqs_store(confirm_seconds=CONFIRM_SECONDS, max_output_bytes=OUTPUT_LIMIT) as (
+        sqs_store,
+        _,
+        _,
+    ):
         yield sqs_store

@@ -17,7 +17,7 @@ from airunner.store import (
     NotFound,
     ResourceExhausted,
 )
-from airunner.store.rules import MAX_EVENT_BYTES, MAX_SEQUENCE
+from airunner.store.rules import MAX_EVENT_BYTES, MAX_SEQUENCE, output_truncated_event
 from tests.conftest import Metrics
 from tests.helpers import end_event, output_event, result, start_event
 
@@ -289,6 +289,8 @@ async def test_publish_after_completion_is_refused(store: JobStore) -> None:
         (JobEvent(sequence=1), "unknown event_type 0"),
         (JobEvent(sequence=1, event_type=EventType(99)), "unknown event_type 99"),
         (output_event(1, b"x" * MAX_EVENT_BYTES), "the limit is"),
+        (output_truncated_event(2, None, 10, 10), "OUTPUT_TRUNCATED events are the server's"),
+        (JobEvent(sequence=2, event_type=EventType.OUTPUT_TRUNCATED), "are the server's own"),
     ],
 )
 async def test_publish_rejects_bad_events_and_stores_none_of_the_call(

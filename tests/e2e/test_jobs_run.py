@@ -18,7 +18,7 @@ import trio
 
 from airunner.api.job.v1.job_pb import EventType, JobParams, JobState
 from airunner.client import AirunnerClient
-from airunner.store import EventQuery, JobStore
+from airunner.store import EventQuery, JobStore, MemoryJobStore
 from airunner.worker import Worker, WorkerSettings
 from tests.helpers import clean_env, eventually, process_ended, read_until, request_id, tool
 
@@ -674,3 +674,30 @@ async def test_a_worker_cut_off_from_its_server_stops_the_job_when_its_delivery_
             running.server.drain.begin()
             await worker.logged("no heartbeat accepted within its visibility timeout")
             await eventually(lambda: process_ended(job_pid))
+
+
+async def test_output_past_the_servers_limit_is_cut_with_a_line_saying_so(
+    tmp_path: Path, repo: Repo
+) -> None:
+    # Room for a few of the worker's items (up to 200 KiB each).
+    limit = 512 * 1024
+    store = MemoryJobStore(token_secret=b"e2e-secret", max_output_bytes=limit)
+    async with run_server(store=store) as running:
+        cli = Cli(running, tmp_path / "work")
+        async with cli.worker():
+            script = "yes x | head -c 4000000; echo done >&2; exit 4"
+            done = await cli.run("submit", str(repo.path), "--", "sh", "-c", script)
+            assert done.returncode == 4, done.stderr
+            assert 0 < len(done.stdout) <= limit
+            assert set(done.stdout) == set(b"x\n")
+            assert (
+                f"output truncated: the server stores at most {limit} bytes".encode()
+                in done.stderr
+            )
+            assert b"process exited with code 4" in done.stderr
+            job_id = done.stderr.split(b"job ", 1)[1].split(b" ", 1)[0].decode()
+            monitored = await cli.run("monitor", job_id)
+            assert monitored.returncode == 4
+            assert monitored.stdout == done.stdout
+            assert done.stderr.count(b"output truncated") == 1
+            assert monitored.stderr.count(b"output truncated") == 1

@@ -69,9 +69,11 @@ def test_sqs_settings_with_defaults_and_options() -> None:
             "AIRUNNER_DYNAMODB_EVENTS_TABLE": "airunner_job_events",
             "AIRUNNER_DEFAULT_VISIBILITY_TIMEOUT": "60",
             "AIRUNNER_EVENTS_TTL_DAYS": "30",
+            "AIRUNNER_MAX_OUTPUT_BYTES": "1048576",
         }
     )
     assert isinstance(settings, SQSStoreSettings)
+    assert settings.max_output_bytes == 1048576
     assert settings.queue_urls["priority"] == "http://127.0.0.1:1/q/priority"
     assert settings.events_table == "airunner_job_events"
     assert (settings.default_visibility_timeout, settings.events_ttl_days) == (60, 30)
@@ -85,6 +87,8 @@ def test_sqs_settings_with_defaults_and_options() -> None:
         ("AIRUNNER_DEFAULT_VISIBILITY_TIMEOUT", "50000", "must be between 1 and 43200"),
         ("AIRUNNER_EVENTS_TTL_DAYS", "-1", "must be between 0 and 3650"),
         ("AIRUNNER_EVENTS_TTL_DAYS", "thirty", "must be a whole number"),
+        ("AIRUNNER_MAX_OUTPUT_BYTES", "100", "must be between 1024 and 1099511627776"),
+        ("AIRUNNER_MAX_OUTPUT_BYTES", "32MiB", "must be a whole number"),
     ],
 )
 def test_malformed_numbers_are_errors_not_defaults(name: str, value: str, message: str) -> None:
@@ -101,6 +105,46 @@ def test_memory_store_reads_visibility_and_secret() -> None:
     )
     with pytest.raises(ConfigError, match="whole number"):
         store_settings_from_env({"AIRUNNER_DEFAULT_VISIBILITY_TIMEOUT": "x"})
+
+
+def test_memory_store_bounds_default_to_a_day_a_thousand_jobs_and_256_mib() -> None:
+    settings = store_settings_from_env({})
+    assert isinstance(settings, MemoryStoreSettings)
+    assert settings.max_output_bytes == 32 * 1024 * 1024
+    assert settings.max_finished_jobs == 1000
+    assert settings.finished_job_ttl == 86400
+    assert settings.max_finished_output_bytes == 256 * 1024 * 1024
+    settings = store_settings_from_env(
+        {
+            "AIRUNNER_MAX_OUTPUT_BYTES": "4096",
+            "AIRUNNER_MEMORY_MAX_FINISHED_JOBS": "10",
+            "AIRUNNER_MEMORY_FINISHED_JOB_TTL": "60",
+            "AIRUNNER_MEMORY_MAX_FINISHED_OUTPUT_BYTES": "8192",
+        }
+    )
+    assert settings == MemoryStoreSettings(
+        max_output_bytes=4096,
+        max_finished_jobs=10,
+        finished_job_ttl=60,
+        max_finished_output_bytes=8192,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"AIRUNNER_MEMORY_MAX_FINISHED_JOBS": "0"}, "must be between 1 and 10000000, got 0"),
+        ({"AIRUNNER_MEMORY_FINISHED_JOB_TTL": "1d"}, "must be a whole number, got '1d'"),
+        (
+            {"AIRUNNER_MEMORY_MAX_FINISHED_OUTPUT_BYTES": "1024"},
+            r"AIRUNNER_MEMORY_MAX_FINISHED_OUTPUT_BYTES \(1024\) must be at least "
+            r"AIRUNNER_MAX_OUTPUT_BYTES \(33554432\)",
+        ),
+    ],
+)
+def test_memory_store_bounds_must_be_sane(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        store_settings_from_env(env)
 
 
 @pytest.mark.parametrize("text", ["127.0.0.1:8080", "0.0.0.0:0", "[::1]:9000", "localhost:1"])

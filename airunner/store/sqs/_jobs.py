@@ -50,6 +50,7 @@ from airunner.store import (
     new_job_id,
     rules,
 )
+from airunner.store.rules import OutputLedger
 
 from . import _schema as schema
 from ._aws_errors import ConditionFailed, ReceiptExpired, TransactionCancelled, aws_errors
@@ -293,7 +294,7 @@ class SQSJobs:
         if wasted or last_receive:
             await self._recycle(item, poller.url, message)
             return None
-        base = await self._close_lost_run(item, failed=False)
+        base, output = await self._close_lost_run(item, failed=False)
         # Until the worker takes it up, the delivery lasts the confirm window at
         # most. Set before the item says so, from a time before SQS's clock starts.
         first = min(visibility, self._confirm_seconds)
@@ -306,6 +307,7 @@ class SQSJobs:
             # Received again meanwhile; that receive carries on.
             return None
         previous = schema.attempt_of(item)
+        truncated = output.truncated_at is not None
         try:
             with aws_errors():
                 await self._aws.dynamodb.update_item(
@@ -314,7 +316,9 @@ class SQSJobs:
                     UpdateExpression=(
                         "SET #state = :running, attempt = :attempt, receipt_handle = :receipt,"
                         " visible_until = :until, updated_at = :now, sequence_base = :base,"
-                        " visibility = :visibility, message_id = :message"
+                        " visibility = :visibility, message_id = :message,"
+                        " output_bytes = :output_bytes"
+                        + (", output_truncated_at = :output_truncated_at" if truncated else "")
                     ),
                     # Nobody delivered it meanwhile, no delivery holds it, it is
                     # not final, and this is its message.
@@ -335,6 +339,7 @@ class SQSJobs:
                         ":base": {"N": str(base)},
                         ":visibility": {"N": str(visibility)},
                         ":message": {"S": message["MessageId"]},
+                        **{":" + k: v for k, v in schema.output_attributes(output).items()},
                         ":final0": _FINAL_VALUES[0],
                         ":final1": _FINAL_VALUES[1],
                         ":final2": _FINAL_VALUES[2],
@@ -508,17 +513,21 @@ class SQSJobs:
             return
         await self._recycle(item, self._urls[schema.queue_of(item)], message)
 
-    async def _close_lost_run(self, item: Mapping[str, Any], *, failed: bool) -> int:
+    async def _close_lost_run(
+        self, item: Mapping[str, Any], *, failed: bool
+    ) -> tuple[int, OutputLedger]:
         """If the job's last delivery was a run that lost its worker, and that run
-        stored no final event, store one. Returns the last stored sequence."""
+        stored no final event, store one. Returns the last stored sequence and
+        the job's output so far."""
         job_id = schema.job_id_of(item)
-        last = await self._events.last_event(job_id)
+        found = await self._events.last_event(job_id)
+        last, output = found if found is not None else (None, OutputLedger())
         base = last_sequence_of(last) if last is not None else 0
         if schema.taken_up(item) and not rules.ends_run(last, schema.sequence_base(item)):
             base += 1
             closing = rules.lost_run_event(base, schema.runs_of(item), failed=failed)
-            await self._events.store(job_id, [closing])
-        return base
+            await self._events.store(job_id, [closing], output)
+        return base, output
 
     async def _fail_exhausted(self, item: Mapping[str, Any], url: str, receipt: str) -> None:
         """End a job that had all its runs: FAILED, "lost its worker N times"."""

@@ -16,7 +16,10 @@ Jobs table, key ``job_id`` (S). Two kinds of item share it:
   for), ``sequence_base`` (N, the last sequence earlier deliveries stored),
   ``taken_up`` (N, the last delivery a worker took up), ``runs`` (N, deliveries
   taken up), ``message_runs`` (N, runs on the current message, which has been
-  received once more than that unless a receive was wasted), and once final
+  received once more than that unless a receive was wasted), ``output_bytes``
+  (N) and ``output_truncated_at`` (N) as the job's last event said when the
+  current delivery began (the output its earlier runs stored; the output cap
+  goes on counting from there), and once final
   ``result`` (S, the JobResult as JSON) and, if a worker's CompleteJob recorded
   it, ``completed_by`` (N, that delivery's attempt);
 - a **claim** of a request id: key ``request#<request_id>``, ``target_job_id``
@@ -30,7 +33,10 @@ GetItem, which an index (eventually consistent) could not.
 
 Events table, keys ``job_id`` (S) and ``sequence`` (N): ``timestamp`` (N, Unix
 ms), ``event_type`` (N), ``event_payload`` (B, the whole JobEvent as stored,
-protobuf), and ``ttl`` (N, Unix seconds) when events expire.
+protobuf), ``output_bytes`` (N, the job's output bytes stored up to this event,
+as its writer counted them), ``output_truncated_at`` (N, the sequence of the
+job's OUTPUT_TRUNCATED event, on events written after it), and ``ttl`` (N, Unix
+seconds) when events expire.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from protobuf.wkt import Timestamp
 
 from airunner.api.job.v1.job_pb import ExecutionConfig, Job, JobEvent, JobParams, JobState
 from airunner.store import FINAL_STATES, event_time_ms
+from airunner.store.rules import OutputLedger
 
 DEFAULT_JOBS_TABLE = "airunner_jobs"
 DEFAULT_EVENTS_TABLE = "airunner_job_events"
@@ -246,17 +253,38 @@ def result_json(item: Mapping[str, Any]) -> str | None:
     return str(item["result"]["S"]) if "result" in item else None
 
 
+def output_ledger(item: Mapping[str, Any]) -> OutputLedger:
+    """The output a job item or an event item says the job had stored."""
+    truncated_at = item.get("output_truncated_at")
+    return OutputLedger(
+        stored_bytes=_number(item, "output_bytes"),
+        truncated_at=int(truncated_at["N"]) if truncated_at is not None else None,
+    )
+
+
+def output_attributes(ledger: OutputLedger) -> dict[str, Any]:
+    """The attributes that record ``ledger`` on an item."""
+    attributes: dict[str, Any] = {"output_bytes": {"N": str(ledger.stored_bytes)}}
+    if ledger.truncated_at is not None:
+        attributes["output_truncated_at"] = {"N": str(ledger.truncated_at)}
+    return attributes
+
+
 # Event items.
 
 
-def event_item(job_id: str, event: JobEvent, expires_at: int | None) -> dict[str, Any]:
-    """An event's item; ``expires_at`` (Unix seconds) sets its TTL."""
+def event_item(
+    job_id: str, event: JobEvent, expires_at: int | None, output: OutputLedger
+) -> dict[str, Any]:
+    """An event's item; ``expires_at`` (Unix seconds) sets its TTL, ``output`` is
+    the job's stored output as of this event."""
     item: dict[str, Any] = {
         "job_id": {"S": job_id},
         "sequence": {"N": str(event.sequence)},
         "timestamp": {"N": str(event_time_ms(event))},
         "event_type": {"N": str(int(event.event_type))},
         "event_payload": {"B": event.to_binary()},
+        **output_attributes(output),
     }
     if expires_at is not None:
         item[EVENTS_TTL_ATTRIBUTE] = {"N": str(expires_at)}

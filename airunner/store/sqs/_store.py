@@ -36,6 +36,7 @@ class SQSJobStore:
         tail_interval: Seconds between looks for news that other replicas stored.
         max_attempts: Runs a job may have unless it says otherwise.
         confirm_seconds: How long a delivery waits to be taken up.
+        max_output_bytes: Output bytes stored per job, over all its runs.
 
     Call ``check_resources`` before ``actors``: it learns the queues' dead-letter
     queues, which have actors of their own.
@@ -54,6 +55,7 @@ class SQSJobStore:
         tail_interval: float = TAIL_INTERVAL_SECONDS,
         max_attempts: int = rules.DEFAULT_MAX_ATTEMPTS,
         confirm_seconds: int = rules.CONFIRM_SECONDS,
+        max_output_bytes: int = rules.DEFAULT_MAX_OUTPUT_BYTES,
     ) -> None:
         self._visibility = default_visibility_timeout
         self._events = SQSEvents(
@@ -63,6 +65,7 @@ class SQSJobStore:
             events_ttl_days=events_ttl_days,
             tail_interval=tail_interval,
             is_final=self._job_is_final,
+            max_output_bytes=max_output_bytes,
         )
         self._jobs = SQSJobs(
             aws,
@@ -116,6 +119,7 @@ class SQSJobStore:
     async def complete_job(self, task_token: str, result: JobResult | None) -> None:
         await self._jobs.complete(task_token, result)
         if result is not None:
+            self._events.forget(result.job_id)
             self._events.changes.wake(result.job_id)
 
     async def list_jobs(self, queue: str, state: JobState, page: int, page_size: int) -> JobPage:
@@ -129,7 +133,7 @@ class SQSJobStore:
         rules.check_events(events)
         if not schema.taken_up(item):
             await self._jobs.take_up(token, item, schema.visibility_of(item) or self._visibility)
-        await self._events.publish(token, schema.sequence_base(item), events)
+        await self._events.publish(token, item, events)
 
     @asynccontextmanager
     async def subscribe_events(self, job_id: str, query: EventQuery) -> AsyncIterator[EventStream]:

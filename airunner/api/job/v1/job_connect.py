@@ -516,7 +516,8 @@ class JobEventsService(Protocol):
 
     async def publish_job_events(self, request: AsyncIterator[PublishJobEventsRequest], ctx: RequestContext[PublishJobEventsRequest, PublishJobEventsResponse], /) -> PublishJobEventsResponse:
         """
-        The worker's event stream for one job execution.
+        The worker's event stream for one job execution. Output past the job's
+        limit is not stored (OutputTruncatedEvent).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -605,7 +606,8 @@ class JobEventsServiceClient(ConnectClient):
         timeout_ms: int | None = None,
     ) -> PublishJobEventsResponse:
         """
-        The worker's event stream for one job execution.
+        The worker's event stream for one job execution. Output past the job's
+        limit is not stored (OutputTruncatedEvent).
         """
         return await self.execute_client_stream(
             request=request,
@@ -630,7 +632,8 @@ class JobEventsServiceSync(Protocol):
 
     def publish_job_events(self, request: Iterator[PublishJobEventsRequest], ctx: RequestContext[PublishJobEventsRequest, PublishJobEventsResponse], /) -> PublishJobEventsResponse:
         """
-        The worker's event stream for one job execution.
+        The worker's event stream for one job execution. Output past the job's
+        limit is not stored (OutputTruncatedEvent).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -717,7 +720,8 @@ class JobEventsServiceClientSync(ConnectClientSync):
         timeout_ms: int | None = None,
     ) -> PublishJobEventsResponse:
         """
-        The worker's event stream for one job execution.
+        The worker's event stream for one job execution. Output past the job's
+        limit is not stored (OutputTruncatedEvent).
         """
         return self.execute_client_stream(
             request=request,

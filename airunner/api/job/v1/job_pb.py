@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
 
-_JobEventFields: TypeAlias = Literal["sequence", "timestamp", "event_type", "process_start", "process_end", "process_error", "heartbeat", "output", "terminal_resize", "output_batch"]
+_JobEventFields: TypeAlias = Literal["sequence", "timestamp", "event_type", "process_start", "process_end", "process_error", "heartbeat", "output", "terminal_resize", "output_batch", "output_truncated"]
 
 class JobEvent(Message[_JobEventFields]):
     """
@@ -60,14 +60,14 @@ class JobEvent(Message[_JobEventFields]):
             sequence: int = 0,
             timestamp: Timestamp | None = None,
             event_type: EventType | None = None,
-            event_data: Oneof[Literal["process_start"], ProcessStartEvent] | Oneof[Literal["process_end"], ProcessEndEvent] | Oneof[Literal["process_error"], ProcessErrorEvent] | Oneof[Literal["heartbeat"], HeartbeatEvent] | Oneof[Literal["output"], OutputEvent] | Oneof[Literal["terminal_resize"], TerminalResizeEvent] | Oneof[Literal["output_batch"], OutputBatchEvent] | None = None,
+            event_data: Oneof[Literal["process_start"], ProcessStartEvent] | Oneof[Literal["process_end"], ProcessEndEvent] | Oneof[Literal["process_error"], ProcessErrorEvent] | Oneof[Literal["heartbeat"], HeartbeatEvent] | Oneof[Literal["output"], OutputEvent] | Oneof[Literal["terminal_resize"], TerminalResizeEvent] | Oneof[Literal["output_batch"], OutputBatchEvent] | Oneof[Literal["output_truncated"], OutputTruncatedEvent] | None = None,
         ) -> None:
             pass
 
         sequence: int
         timestamp: Timestamp | None
         event_type: EventType
-        event_data: Oneof[Literal["process_start"], ProcessStartEvent] | Oneof[Literal["process_end"], ProcessEndEvent] | Oneof[Literal["process_error"], ProcessErrorEvent] | Oneof[Literal["heartbeat"], HeartbeatEvent] | Oneof[Literal["output"], OutputEvent] | Oneof[Literal["terminal_resize"], TerminalResizeEvent] | Oneof[Literal["output_batch"], OutputBatchEvent] | None
+        event_data: Oneof[Literal["process_start"], ProcessStartEvent] | Oneof[Literal["process_end"], ProcessEndEvent] | Oneof[Literal["process_error"], ProcessErrorEvent] | Oneof[Literal["heartbeat"], HeartbeatEvent] | Oneof[Literal["output"], OutputEvent] | Oneof[Literal["terminal_resize"], TerminalResizeEvent] | Oneof[Literal["output_batch"], OutputBatchEvent] | Oneof[Literal["output_truncated"], OutputTruncatedEvent] | None
 
 _ProcessStartEventFields: TypeAlias = Literal["pid", "started_at"]
 
@@ -378,6 +378,53 @@ class OutputBatchEvent(Message[_OutputBatchEventFields]):
         end_sequence: int
         first_timestamp_ms: int
         playback_interval_millis: int
+
+_OutputTruncatedEventFields: TypeAlias = Literal["limit_bytes", "stored_bytes"]
+
+class OutputTruncatedEvent(Message[_OutputTruncatedEventFields]):
+    """
+    The server stores at most limit_bytes of a job's output, counted over all
+    its runs: each OutputItem (or OutputEvent) counts its output's bytes plus
+    128 (what storing an item costs besides its bytes). The output event that
+    would pass the limit is stored cut to the items that fit, and this event
+    takes the sequence of the first item left out; no output of the job is
+    stored after it, in this run or a later one, while its other events
+    (PROCESS_END, PROCESS_ERROR) still are. A job has at most one. Sequences
+    of output left out are not stored: the log skips them.
+
+    ```proto
+    message job.v1.OutputTruncatedEvent
+    ```
+
+    Attributes:
+        limit_bytes:
+            The most output bytes the server stores for one job.
+
+            ```proto
+            int64 limit_bytes = 1;
+            ```
+        stored_bytes:
+            The job's output stored before this event, counted as above.
+
+            ```proto
+            int64 stored_bytes = 2;
+            ```
+    """
+
+    __slots__ = ("limit_bytes", "stored_bytes")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            limit_bytes: int = 0,
+            stored_bytes: int = 0,
+        ) -> None:
+            pass
+
+        limit_bytes: int
+        stored_bytes: int
 
 _BatchingConfigFields: TypeAlias = Literal["flush_interval_seconds", "max_batch_size", "max_batch_bytes", "playback_interval_millis"]
 
@@ -1228,6 +1275,12 @@ class EventType(Enum):
             ```proto
             EVENT_TYPE_OUTPUT_BATCH = 7
             ```
+        OUTPUT_TRUNCATED:
+            Stored by the server, never sent by a worker: the job's output stops here.
+
+            ```proto
+            EVENT_TYPE_OUTPUT_TRUNCATED = 8
+            ```
     """
 
     UNSPECIFIED = 0
@@ -1238,6 +1291,7 @@ class EventType(Enum):
     OUTPUT = 5
     TERMINAL_RESIZE = 6
     OUTPUT_BATCH = 7
+    OUTPUT_TRUNCATED = 8
 
 class ProcessType(Enum):
     """
@@ -1306,7 +1360,7 @@ class JobState(Enum):
 
 
 _DESC = file_desc(
-    b'\n\x10job/v1/job.proto\x12\x06job.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto"\xce\x04\n\x08JobEvent\x12\x1a\n\x08sequence\x18\x01 \x01(\x03R\x08sequence\x128\n\ttimestamp\x18\x02 \x01(\x0b2\x1a.google.protobuf.TimestampR\ttimestamp\x120\n\nevent_type\x18\x03 \x01(\x0e2\x11.job.v1.EventTypeR\teventType\x12@\n\rprocess_start\x18\x04 \x01(\x0b2\x19.job.v1.ProcessStartEventH\x00R\x0cprocessStart\x12:\n\x0bprocess_end\x18\x05 \x01(\x0b2\x17.job.v1.ProcessEndEventH\x00R\nprocessEnd\x12@\n\rprocess_error\x18\x06 \x01(\x0b2\x19.job.v1.ProcessErrorEventH\x00R\x0cprocessError\x126\n\theartbeat\x18\x07 \x01(\x0b2\x16.job.v1.HeartbeatEventH\x00R\theartbeat\x12-\n\x06output\x18\x08 \x01(\x0b2\x13.job.v1.OutputEventH\x00R\x06output\x12F\n\x0fterminal_resize\x18\t \x01(\x0b2\x1b.job.v1.TerminalResizeEventH\x00R\x0eterminalResize\x12=\n\x0coutput_batch\x18\n \x01(\x0b2\x18.job.v1.OutputBatchEventH\x00R\x0boutputBatchB\x0c\n\nevent_data"`\n\x11ProcessStartEvent\x12\x10\n\x03pid\x18\x01 \x01(\x05R\x03pid\x129\n\nstarted_at\x18\x02 \x01(\x0b2\x1a.google.protobuf.TimestampR\tstartedAt"~\n\x0fProcessEndEvent\x12\x10\n\x03pid\x18\x01 \x01(\x05R\x03pid\x12\x1b\n\texit_code\x18\x02 \x01(\x05R\x08exitCode\x12<\n\x0crun_duration\x18\x03 \x01(\x0b2\x19.google.protobuf.DurationR\x0brunDuration"8\n\x11ProcessErrorEvent\x12#\n\rerror_message\x18\x01 \x01(\tR\x0cerrorMessage"s\n\x0eHeartbeatEvent\x12<\n\x0celapsed_time\x18\x01 \x01(\x0b2\x19.google.protobuf.DurationR\x0belapsedTime\x12#\n\rprocess_alive\x18\x02 \x01(\x08R\x0cprocessAlive"\x85\x01\n\x13TerminalResizeEvent\x12\x12\n\x04cols\x18\x01 \x01(\x05R\x04cols\x12\x12\n\x04rows\x18\x02 \x01(\x05R\x04rows\x12!\n\x0cwidth_pixels\x18\x03 \x01(\x05R\x0bwidthPixels\x12#\n\rheight_pixels\x18\x04 \x01(\x05R\x0cheightPixels"%\n\x0bOutputEvent\x12\x16\n\x06output\x18\x01 \x01(\x0cR\x06output"\x87\x01\n\nOutputItem\x12\x16\n\x06output\x18\x01 \x01(\x0cR\x06output\x123\n\x0bstream_type\x18\x02 \x01(\x0e2\x12.job.v1.StreamTypeR\nstreamType\x12,\n\x12timestamp_delta_ms\x18\x03 \x01(\x05R\x10timestampDeltaMs"\xf2\x01\n\x10OutputBatchEvent\x12,\n\x07outputs\x18\x01 \x03(\x0b2\x12.job.v1.OutputItemR\x07outputs\x12%\n\x0estart_sequence\x18\x02 \x01(\x03R\rstartSequence\x12!\n\x0cend_sequence\x18\x03 \x01(\x03R\x0bendSequence\x12,\n\x12first_timestamp_ms\x18\x04 \x01(\x03R\x10firstTimestampMs\x128\n\x18playback_interval_millis\x18\x05 \x01(\x05R\x16playbackIntervalMillis"\xce\x01\n\x0eBatchingConfig\x124\n\x16flush_interval_seconds\x18\x01 \x01(\x05R\x14flushIntervalSeconds\x12$\n\x0emax_batch_size\x18\x02 \x01(\x05R\x0cmaxBatchSize\x12&\n\x0fmax_batch_bytes\x18\x03 \x01(\x03R\rmaxBatchBytes\x128\n\x18playback_interval_millis\x18\x04 \x01(\x05R\x16playbackIntervalMillis"\xc4\x01\n\x0fExecutionConfig\x122\n\x08batching\x18\x01 \x01(\x0b2\x16.job.v1.BatchingConfigR\x08batching\x12<\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x05R\x18heartbeatIntervalSeconds\x12?\n\x1coutput_flush_interval_millis\x18\x03 \x01(\x05R\x19outputFlushIntervalMillis"b\n\x17PublishJobEventsRequest\x12\x1d\n\ntask_token\x18\x01 \x01(\tR\ttaskToken\x12(\n\x06events\x18\x02 \x03(\x0b2\x10.job.v1.JobEventR\x06events"\x1a\n\x18PublishJobEventsResponse"\xb1\x01\n\x16StreamJobEventsRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12#\n\rfrom_sequence\x18\x02 \x01(\x03R\x0cfromSequence\x12%\n\x0efrom_timestamp\x18\x03 \x01(\x03R\rfromTimestamp\x124\n\x0cevent_filter\x18\x04 \x03(\x0e2\x11.job.v1.EventTypeR\x0beventFilter"A\n\x17StreamJobEventsResponse\x12&\n\x05event\x18\x01 \x01(\x0b2\x10.job.v1.JobEventR\x05event"z\n\x11EnqueueJobRequest\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x14\n\x05queue\x18\x02 \x01(\tR\x05queue\x120\n\njob_params\x18\x03 \x01(\x0b2\x11.job.v1.JobParamsR\tjobParams"\x8e\x01\n\x12EnqueueJobResponse\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x129\n\ncreated_at\x18\x02 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x12&\n\x05state\x18\x03 \x01(\x0e2\x10.job.v1.JobStateR\x05state"\x82\x01\n\x11DequeueJobRequest\x12\x14\n\x05queue\x18\x01 \x01(\tR\x05queue\x12\x19\n\x08max_jobs\x18\x02 \x01(\x05R\x07maxJobs\x12<\n\x1avisibility_timeout_seconds\x18\x03 \x01(\x05R\x18visibilityTimeoutSeconds"R\n\x12DequeueJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b2\x0b.job.v1.JobR\x03job\x12\x1d\n\ntask_token\x18\x02 \x01(\tR\ttaskToken"\x85\x01\n\x10UpdateJobRequest\x12\x14\n\x05queue\x18\x01 \x01(\tR\x05queue\x12\x1d\n\ntask_token\x18\x02 \x01(\tR\ttaskToken\x12<\n\x1avisibility_timeout_seconds\x18\x03 \x01(\x05R\x18visibilityTimeoutSeconds"\x13\n\x11UpdateJobResponse"\x80\x01\n\x0fListJobsRequest\x12\x14\n\x05queue\x18\x01 \x01(\tR\x05queue\x12&\n\x05state\x18\x02 \x01(\x0e2\x10.job.v1.JobStateR\x05state\x12\x12\n\x04page\x18\x03 \x01(\x05R\x04page\x12\x1b\n\tpage_size\x18\x04 \x01(\x05R\x08pageSize"P\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b2\x0b.job.v1.JobR\x04jobs\x12\x1b\n\tlast_page\x18\x02 \x01(\x05R\x08lastPage"\xd0\x04\n\tJobParams\x12\x1e\n\nrepository\x18\x01 \x01(\tR\nrepository\x12\x16\n\x06commit\x18\x02 \x01(\tR\x06commit\x12\x16\n\x06branch\x18\x03 \x01(\tR\x06branch\x12D\n\x0benvironment\x18\x04 \x03(\x0b2".job.v1.JobParams.EnvironmentEntryR\x0benvironment\x12;\n\x08metadata\x18\x05 \x03(\x0b2\x1f.job.v1.JobParams.MetadataEntryR\x08metadata\x12\x14\n\x05owner\x18\x06 \x01(\tR\x05owner\x12\x18\n\x07command\x18\x07 \x01(\tR\x07command\x12\x12\n\x04args\x18\x08 \x03(\tR\x04args\x126\n\x0cprocess_type\x18\t \x01(\x0e2\x13.job.v1.ProcessTypeR\x0bprocessType\x12\'\n\x0ftimeout_seconds\x18\n \x01(\x05R\x0etimeoutSeconds\x12+\n\x11working_directory\x18\x0b \x01(\tR\x10workingDirectory\x12!\n\x0cmax_attempts\x18\x0c \x01(\x05R\x0bmaxAttempts\x1a>\n\x10EnvironmentEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01"\xb0\x02\n\x03Job\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x120\n\njob_params\x18\x02 \x01(\x0b2\x11.job.v1.JobParamsR\tjobParams\x12&\n\x05state\x18\x03 \x01(\x0e2\x10.job.v1.JobStateR\x05state\x129\n\ncreated_at\x18\x04 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\nupdated_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\tupdatedAt\x12B\n\x10execution_config\x18\x06 \x01(\x0b2\x17.job.v1.ExecutionConfigR\x0fexecutionConfig"e\n\x12CompleteJobRequest\x12\x1d\n\ntask_token\x18\x01 \x01(\tR\ttaskToken\x120\n\njob_result\x18\x02 \x01(\x0b2\x11.job.v1.JobResultR\tjobResult"\x15\n\x13CompleteJobResponse"\xf8\x01\n\tJobResult\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n\x07success\x18\x02 \x01(\x08R\x07success\x12\x1b\n\texit_code\x18\x03 \x01(\x05R\x08exitCode\x12#\n\rerror_message\x18\x04 \x01(\tR\x0cerrorMessage\x129\n\nstarted_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\tstartedAt\x12=\n\x0ccompleted_at\x18\x06 \x01(\x0b2\x1a.google.protobuf.TimestampR\x0bcompletedAt*Y\n\nStreamType\x12\x1b\n\x17STREAM_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12STREAM_TYPE_STDOUT\x10\x01\x12\x16\n\x12STREAM_TYPE_STDERR\x10\x02*\xed\x01\n\tEventType\x12\x1a\n\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18EVENT_TYPE_PROCESS_START\x10\x01\x12\x1a\n\x16EVENT_TYPE_PROCESS_END\x10\x02\x12\x1c\n\x18EVENT_TYPE_PROCESS_ERROR\x10\x03\x12\x18\n\x14EVENT_TYPE_HEARTBEAT\x10\x04\x12\x15\n\x11EVENT_TYPE_OUTPUT\x10\x05\x12\x1e\n\x1aEVENT_TYPE_TERMINAL_RESIZE\x10\x06\x12\x1b\n\x17EVENT_TYPE_OUTPUT_BATCH\x10\x07*X\n\x0bProcessType\x12\x1c\n\x18PROCESS_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11PROCESS_TYPE_PIPE\x10\x01\x12\x14\n\x10PROCESS_TYPE_PTY\x10\x02*\x9d\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13JOB_STATE_SCHEDULED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_COMPLETED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x052\xe1\x02\n\nJobService\x12C\n\nEnqueueJob\x12\x19.job.v1.EnqueueJobRequest\x1a\x1a.job.v1.EnqueueJobResponse\x12E\n\nDequeueJob\x12\x19.job.v1.DequeueJobRequest\x1a\x1a.job.v1.DequeueJobResponse0\x01\x12@\n\tUpdateJob\x12\x18.job.v1.UpdateJobRequest\x1a\x19.job.v1.UpdateJobResponse\x12F\n\x0bCompleteJob\x12\x1a.job.v1.CompleteJobRequest\x1a\x1b.job.v1.CompleteJobResponse\x12=\n\x08ListJobs\x12\x17.job.v1.ListJobsRequest\x1a\x18.job.v1.ListJobsResponse2\xc1\x01\n\x10JobEventsService\x12T\n\x0fStreamJobEvents\x12\x1e.job.v1.StreamJobEventsRequest\x1a\x1f.job.v1.StreamJobEventsResponse0\x01\x12W\n\x10PublishJobEvents\x12\x1f.job.v1.PublishJobEventsRequest\x1a .job.v1.PublishJobEventsResponse(\x01b\x06proto3',
+    b'\n\x10job/v1/job.proto\x12\x06job.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto"\x99\x05\n\x08JobEvent\x12\x1a\n\x08sequence\x18\x01 \x01(\x03R\x08sequence\x128\n\ttimestamp\x18\x02 \x01(\x0b2\x1a.google.protobuf.TimestampR\ttimestamp\x120\n\nevent_type\x18\x03 \x01(\x0e2\x11.job.v1.EventTypeR\teventType\x12@\n\rprocess_start\x18\x04 \x01(\x0b2\x19.job.v1.ProcessStartEventH\x00R\x0cprocessStart\x12:\n\x0bprocess_end\x18\x05 \x01(\x0b2\x17.job.v1.ProcessEndEventH\x00R\nprocessEnd\x12@\n\rprocess_error\x18\x06 \x01(\x0b2\x19.job.v1.ProcessErrorEventH\x00R\x0cprocessError\x126\n\theartbeat\x18\x07 \x01(\x0b2\x16.job.v1.HeartbeatEventH\x00R\theartbeat\x12-\n\x06output\x18\x08 \x01(\x0b2\x13.job.v1.OutputEventH\x00R\x06output\x12F\n\x0fterminal_resize\x18\t \x01(\x0b2\x1b.job.v1.TerminalResizeEventH\x00R\x0eterminalResize\x12=\n\x0coutput_batch\x18\n \x01(\x0b2\x18.job.v1.OutputBatchEventH\x00R\x0boutputBatch\x12I\n\x10output_truncated\x18\x0b \x01(\x0b2\x1c.job.v1.OutputTruncatedEventH\x00R\x0foutputTruncatedB\x0c\n\nevent_data"`\n\x11ProcessStartEvent\x12\x10\n\x03pid\x18\x01 \x01(\x05R\x03pid\x129\n\nstarted_at\x18\x02 \x01(\x0b2\x1a.google.protobuf.TimestampR\tstartedAt"~\n\x0fProcessEndEvent\x12\x10\n\x03pid\x18\x01 \x01(\x05R\x03pid\x12\x1b\n\texit_code\x18\x02 \x01(\x05R\x08exitCode\x12<\n\x0crun_duration\x18\x03 \x01(\x0b2\x19.google.protobuf.DurationR\x0brunDuration"8\n\x11ProcessErrorEvent\x12#\n\rerror_message\x18\x01 \x01(\tR\x0cerrorMessage"s\n\x0eHeartbeatEvent\x12<\n\x0celapsed_time\x18\x01 \x01(\x0b2\x19.google.protobuf.DurationR\x0belapsedTime\x12#\n\rprocess_alive\x18\x02 \x01(\x08R\x0cprocessAlive"\x85\x01\n\x13TerminalResizeEvent\x12\x12\n\x04cols\x18\x01 \x01(\x05R\x04cols\x12\x12\n\x04rows\x18\x02 \x01(\x05R\x04rows\x12!\n\x0cwidth_pixels\x18\x03 \x01(\x05R\x0bwidthPixels\x12#\n\rheight_pixels\x18\x04 \x01(\x05R\x0cheightPixels"%\n\x0bOutputEvent\x12\x16\n\x06output\x18\x01 \x01(\x0cR\x06output"\x87\x01\n\nOutputItem\x12\x16\n\x06output\x18\x01 \x01(\x0cR\x06output\x123\n\x0bstream_type\x18\x02 \x01(\x0e2\x12.job.v1.StreamTypeR\nstreamType\x12,\n\x12timestamp_delta_ms\x18\x03 \x01(\x05R\x10timestampDeltaMs"\xf2\x01\n\x10OutputBatchEvent\x12,\n\x07outputs\x18\x01 \x03(\x0b2\x12.job.v1.OutputItemR\x07outputs\x12%\n\x0estart_sequence\x18\x02 \x01(\x03R\rstartSequence\x12!\n\x0cend_sequence\x18\x03 \x01(\x03R\x0bendSequence\x12,\n\x12first_timestamp_ms\x18\x04 \x01(\x03R\x10firstTimestampMs\x128\n\x18playback_interval_millis\x18\x05 \x01(\x05R\x16playbackIntervalMillis"Z\n\x14OutputTruncatedEvent\x12\x1f\n\x0blimit_bytes\x18\x01 \x01(\x03R\nlimitBytes\x12!\n\x0cstored_bytes\x18\x02 \x01(\x03R\x0bstoredBytes"\xce\x01\n\x0eBatchingConfig\x124\n\x16flush_interval_seconds\x18\x01 \x01(\x05R\x14flushIntervalSeconds\x12$\n\x0emax_batch_size\x18\x02 \x01(\x05R\x0cmaxBatchSize\x12&\n\x0fmax_batch_bytes\x18\x03 \x01(\x03R\rmaxBatchBytes\x128\n\x18playback_interval_millis\x18\x04 \x01(\x05R\x16playbackIntervalMillis"\xc4\x01\n\x0fExecutionConfig\x122\n\x08batching\x18\x01 \x01(\x0b2\x16.job.v1.BatchingConfigR\x08batching\x12<\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x05R\x18heartbeatIntervalSeconds\x12?\n\x1coutput_flush_interval_millis\x18\x03 \x01(\x05R\x19outputFlushIntervalMillis"b\n\x17PublishJobEventsRequest\x12\x1d\n\ntask_token\x18\x01 \x01(\tR\ttaskToken\x12(\n\x06events\x18\x02 \x03(\x0b2\x10.job.v1.JobEventR\x06events"\x1a\n\x18PublishJobEventsResponse"\xb1\x01\n\x16StreamJobEventsRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12#\n\rfrom_sequence\x18\x02 \x01(\x03R\x0cfromSequence\x12%\n\x0efrom_timestamp\x18\x03 \x01(\x03R\rfromTimestamp\x124\n\x0cevent_filter\x18\x04 \x03(\x0e2\x11.job.v1.EventTypeR\x0beventFilter"A\n\x17StreamJobEventsResponse\x12&\n\x05event\x18\x01 \x01(\x0b2\x10.job.v1.JobEventR\x05event"z\n\x11EnqueueJobRequest\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x14\n\x05queue\x18\x02 \x01(\tR\x05queue\x120\n\njob_params\x18\x03 \x01(\x0b2\x11.job.v1.JobParamsR\tjobParams"\x8e\x01\n\x12EnqueueJobResponse\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x129\n\ncreated_at\x18\x02 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x12&\n\x05state\x18\x03 \x01(\x0e2\x10.job.v1.JobStateR\x05state"\x82\x01\n\x11DequeueJobRequest\x12\x14\n\x05queue\x18\x01 \x01(\tR\x05queue\x12\x19\n\x08max_jobs\x18\x02 \x01(\x05R\x07maxJobs\x12<\n\x1avisibility_timeout_seconds\x18\x03 \x01(\x05R\x18visibilityTimeoutSeconds"R\n\x12DequeueJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b2\x0b.job.v1.JobR\x03job\x12\x1d\n\ntask_token\x18\x02 \x01(\tR\ttaskToken"\x85\x01\n\x10UpdateJobRequest\x12\x14\n\x05queue\x18\x01 \x01(\tR\x05queue\x12\x1d\n\ntask_token\x18\x02 \x01(\tR\ttaskToken\x12<\n\x1avisibility_timeout_seconds\x18\x03 \x01(\x05R\x18visibilityTimeoutSeconds"\x13\n\x11UpdateJobResponse"\x80\x01\n\x0fListJobsRequest\x12\x14\n\x05queue\x18\x01 \x01(\tR\x05queue\x12&\n\x05state\x18\x02 \x01(\x0e2\x10.job.v1.JobStateR\x05state\x12\x12\n\x04page\x18\x03 \x01(\x05R\x04page\x12\x1b\n\tpage_size\x18\x04 \x01(\x05R\x08pageSize"P\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b2\x0b.job.v1.JobR\x04jobs\x12\x1b\n\tlast_page\x18\x02 \x01(\x05R\x08lastPage"\xd0\x04\n\tJobParams\x12\x1e\n\nrepository\x18\x01 \x01(\tR\nrepository\x12\x16\n\x06commit\x18\x02 \x01(\tR\x06commit\x12\x16\n\x06branch\x18\x03 \x01(\tR\x06branch\x12D\n\x0benvironment\x18\x04 \x03(\x0b2".job.v1.JobParams.EnvironmentEntryR\x0benvironment\x12;\n\x08metadata\x18\x05 \x03(\x0b2\x1f.job.v1.JobParams.MetadataEntryR\x08metadata\x12\x14\n\x05owner\x18\x06 \x01(\tR\x05owner\x12\x18\n\x07command\x18\x07 \x01(\tR\x07command\x12\x12\n\x04args\x18\x08 \x03(\tR\x04args\x126\n\x0cprocess_type\x18\t \x01(\x0e2\x13.job.v1.ProcessTypeR\x0bprocessType\x12\'\n\x0ftimeout_seconds\x18\n \x01(\x05R\x0etimeoutSeconds\x12+\n\x11working_directory\x18\x0b \x01(\tR\x10workingDirectory\x12!\n\x0cmax_attempts\x18\x0c \x01(\x05R\x0bmaxAttempts\x1a>\n\x10EnvironmentEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01"\xb0\x02\n\x03Job\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x120\n\njob_params\x18\x02 \x01(\x0b2\x11.job.v1.JobParamsR\tjobParams\x12&\n\x05state\x18\x03 \x01(\x0e2\x10.job.v1.JobStateR\x05state\x129\n\ncreated_at\x18\x04 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\nupdated_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\tupdatedAt\x12B\n\x10execution_config\x18\x06 \x01(\x0b2\x17.job.v1.ExecutionConfigR\x0fexecutionConfig"e\n\x12CompleteJobRequest\x12\x1d\n\ntask_token\x18\x01 \x01(\tR\ttaskToken\x120\n\njob_result\x18\x02 \x01(\x0b2\x11.job.v1.JobResultR\tjobResult"\x15\n\x13CompleteJobResponse"\xf8\x01\n\tJobResult\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n\x07success\x18\x02 \x01(\x08R\x07success\x12\x1b\n\texit_code\x18\x03 \x01(\x05R\x08exitCode\x12#\n\rerror_message\x18\x04 \x01(\tR\x0cerrorMessage\x129\n\nstarted_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\tstartedAt\x12=\n\x0ccompleted_at\x18\x06 \x01(\x0b2\x1a.google.protobuf.TimestampR\x0bcompletedAt*Y\n\nStreamType\x12\x1b\n\x17STREAM_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12STREAM_TYPE_STDOUT\x10\x01\x12\x16\n\x12STREAM_TYPE_STDERR\x10\x02*\x8e\x02\n\tEventType\x12\x1a\n\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18EVENT_TYPE_PROCESS_START\x10\x01\x12\x1a\n\x16EVENT_TYPE_PROCESS_END\x10\x02\x12\x1c\n\x18EVENT_TYPE_PROCESS_ERROR\x10\x03\x12\x18\n\x14EVENT_TYPE_HEARTBEAT\x10\x04\x12\x15\n\x11EVENT_TYPE_OUTPUT\x10\x05\x12\x1e\n\x1aEVENT_TYPE_TERMINAL_RESIZE\x10\x06\x12\x1b\n\x17EVENT_TYPE_OUTPUT_BATCH\x10\x07\x12\x1f\n\x1bEVENT_TYPE_OUTPUT_TRUNCATED\x10\x08*X\n\x0bProcessType\x12\x1c\n\x18PROCESS_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11PROCESS_TYPE_PIPE\x10\x01\x12\x14\n\x10PROCESS_TYPE_PTY\x10\x02*\x9d\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13JOB_STATE_SCHEDULED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_COMPLETED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x052\xe1\x02\n\nJobService\x12C\n\nEnqueueJob\x12\x19.job.v1.EnqueueJobRequest\x1a\x1a.job.v1.EnqueueJobResponse\x12E\n\nDequeueJob\x12\x19.job.v1.DequeueJobRequest\x1a\x1a.job.v1.DequeueJobResponse0\x01\x12@\n\tUpdateJob\x12\x18.job.v1.UpdateJobRequest\x1a\x19.job.v1.UpdateJobResponse\x12F\n\x0bCompleteJob\x12\x1a.job.v1.CompleteJobRequest\x1a\x1b.job.v1.CompleteJobResponse\x12=\n\x08ListJobs\x12\x17.job.v1.ListJobsRequest\x1a\x18.job.v1.ListJobsResponse2\xc1\x01\n\x10JobEventsService\x12T\n\x0fStreamJobEvents\x12\x1e.job.v1.StreamJobEventsRequest\x1a\x1f.job.v1.StreamJobEventsResponse0\x01\x12W\n\x10PublishJobEvents\x12\x1f.job.v1.PublishJobEventsRequest\x1a .job.v1.PublishJobEventsResponse(\x01b\x06proto3',
     [
         duration_pb.desc(),
         timestamp_pb.desc(),
@@ -1321,6 +1375,7 @@ _DESC = file_desc(
         "OutputEvent": OutputEvent,
         "OutputItem": OutputItem,
         "OutputBatchEvent": OutputBatchEvent,
+        "OutputTruncatedEvent": OutputTruncatedEvent,
         "BatchingConfig": BatchingConfig,
         "ExecutionConfig": ExecutionConfig,
         "PublishJobEventsRequest": PublishJobEventsRequest,
