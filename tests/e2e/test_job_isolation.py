@@ -237,6 +237,7 @@ async def test_a_job_inherits_no_open_file_of_the_worker(
 
 
 @needs_root
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
 async def test_a_job_of_the_workers_own_user_cannot_read_its_secrets(cli: Cli) -> None:
     """The worker and its job as one user, without privileges: uid 0 with no
     capabilities left (setpriv), for the venv's Python may be where no other
