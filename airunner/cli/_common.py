@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 import trio
@@ -37,8 +38,14 @@ def client_options() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--token",
-        default=os.environ.get("AIRUNNER_TOKEN") or None,
-        help="bearer token (env AIRUNNER_TOKEN)",
+        help="bearer token (env AIRUNNER_TOKEN); any local user can read a command line: "
+        "prefer --token-file",
+    )
+    group.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="PATH",
+        help="read the bearer token from this file, once, at start (env AIRUNNER_TOKEN_FILE)",
     )
     group.add_argument(
         "--no-verify",
@@ -48,10 +55,47 @@ def client_options() -> argparse.ArgumentParser:
     return parser
 
 
+def resolve_token(args: argparse.Namespace) -> str | None:
+    """The bearer token, from ``--token``, ``--token-file``, ``AIRUNNER_TOKEN`` or
+    ``AIRUNNER_TOKEN_FILE`` (a flag wins over the environment); a file is read once,
+    and ``args.token`` keeps what it held.
+
+    Raises:
+        CliError: both a token and a token file are given at one level, or the
+            file is unreadable or empty.
+    """
+    if args.token_file is not None and args.token is not None:
+        raise CliError("pass --token or --token-file, not both")
+    if args.token is None and args.token_file is None:
+        token = os.environ.get("AIRUNNER_TOKEN") or None
+        file = os.environ.get("AIRUNNER_TOKEN_FILE") or None
+        if token is not None and file is not None:
+            raise CliError("AIRUNNER_TOKEN and AIRUNNER_TOKEN_FILE are both set: set one")
+        args.token = token
+        args.token_file = Path(file) if file is not None else None
+    if args.token_file is not None:
+        args.token = _read_token(args.token_file)
+        args.token_file = None
+    return args.token  # type: ignore[no-any-return]
+
+
+def _read_token(path: Path) -> str:
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise CliError(f"cannot read the token file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise CliError(f"the token file {path} is not UTF-8 text") from None
+    if not token:
+        raise CliError(f"the token file {path} is empty")
+    return token
+
+
 def make_client(args: argparse.Namespace, *, max_calls: int = DEFAULT_MAX_CALLS) -> AirunnerClient:
+    token = resolve_token(args)
     try:
         return AirunnerClient(
-            args.server, token=args.token, verify_tls=not args.no_verify, max_calls=max_calls
+            args.server, token=token, verify_tls=not args.no_verify, max_calls=max_calls
         )
     except ClientConfigError as e:
         raise CliError(str(e)) from None
@@ -64,7 +108,7 @@ def explain(error: ConnectError, server: str) -> CliError:
     if error.code == Code.UNAUTHENTICATED:
         return CliError(
             f"the server at {server} refused the request: {error.message} "
-            "(pass a token with --token or AIRUNNER_TOKEN)"
+            "(pass a token with --token-file, --token, AIRUNNER_TOKEN_FILE or AIRUNNER_TOKEN)"
         )
     if error.code == Code.DEADLINE_EXCEEDED:
         return CliError(f"the server at {server} did not answer in time")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import tempfile
 from pathlib import Path
@@ -13,9 +14,17 @@ import trio
 from airunner import telemetry
 from airunner.client import DEFAULT_MAX_CALLS
 from airunner.store import rules
-from airunner.worker import Worker, WorkerSettings
+from airunner.worker import (
+    WORKER_SECRETS,
+    JobUser,
+    JobUserError,
+    Worker,
+    WorkerSettings,
+    become_subreaper,
+    make_undumpable,
+)
 
-from ._common import CliError, client_options, make_client
+from ._common import CliError, client_options, make_client, resolve_token
 
 log = logging.getLogger("airunner.worker")
 
@@ -48,6 +57,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="after SIGTERM, how long running jobs may take before they are stopped "
         "(default 0: no limit; a second signal stops them at once)",
     )
+    worker.add_argument(
+        "--job-user",
+        metavar="NAME",
+        help="run each job as this user, with its groups and home (the worker must run as "
+        "root); jobs then cannot read the worker's files or environment",
+    )
     worker.set_defaults(run=run)
 
 
@@ -61,18 +76,41 @@ def run(args: argparse.Namespace) -> int:
     if args.drain_timeout < 0:
         raise CliError("--drain-timeout must not be negative")
     try:
+        job_user = JobUser.named(args.job_user) if args.job_user is not None else None
+    except JobUserError as e:
+        raise CliError(str(e)) from None
+    try:
         args.work_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CliError(f"cannot use --work-dir {args.work_dir}: {e.strerror}") from None
+    # Read once, here: the file may be one the jobs cannot read.
+    resolve_token(args)
+    _guard_secrets()
     telemetry.configure_logging(args.log_format)
+    reap_orphans = become_subreaper()
+    if not reap_orphans:
+        log.warning("not on Linux: a job's processes that leave its process group outlive it")
     settings = WorkerSettings(
         queue=args.queue,
         visibility_timeout=args.visibility_timeout,
         concurrency=args.concurrency,
         work_dir=args.work_dir,
+        job_user=job_user,
+        reap_orphans=reap_orphans,
     )
     trio.run(_serve, args, settings)
     return 0
+
+
+def _guard_secrets() -> None:
+    """Keep the worker's secrets from its jobs, beyond not passing them on."""
+    # Gone from what any child could inherit (the copy /proc/<pid>/environ shows
+    # stays: the kernel keeps the environment the process started with)...
+    for name in WORKER_SECRETS:
+        os.environ.pop(name, None)
+    # ...and that copy, the worker's memory and open files are closed to the
+    # processes of its own user: a job running as the worker's user.
+    make_undumpable()
 
 
 async def _serve(args: argparse.Namespace, settings: WorkerSettings) -> None:

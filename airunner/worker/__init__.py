@@ -4,6 +4,8 @@
 - ``JobExecutor``: one delivery: heartbeats, checkout, process, events, CompleteJob.
 - ``OutputBatcher``: process output into OUTPUT_BATCH events.
 - ``EventPublisher``: the PublishJobEvents stream, re-sent after failures.
+- ``OrphanReaper``: ends and reaps what a job leaves running outside its group.
+- ``JobUser``: the user a root worker runs jobs as.
 """
 
 from __future__ import annotations
@@ -11,26 +13,44 @@ from __future__ import annotations
 from ._batcher import BatchLimits, OutputBatcher, Sequencer
 from ._checkout import CheckoutError, check_repository, checkout, resolve_working_directory
 from ._executor import ExecutorSettings, JobExecutor
+from ._isolation import (
+    WORKER_SECRETS,
+    JobUser,
+    JobUserError,
+    become_subreaper,
+    give_tree,
+    make_undumpable,
+)
+from ._orphans import JOB_ID_VARIABLE, OrphanReaper, TrackedJob
 from ._process import OutputChunk, ProcessOutcome, SpawnError, run_command
 from ._publisher import EventPublisher, PublishFailed
 from ._worker import Worker, WorkerSettings
 
 __all__ = [
+    "JOB_ID_VARIABLE",
+    "WORKER_SECRETS",
     "BatchLimits",
     "CheckoutError",
     "EventPublisher",
     "ExecutorSettings",
     "JobExecutor",
+    "JobUser",
+    "JobUserError",
+    "OrphanReaper",
     "OutputBatcher",
     "OutputChunk",
     "ProcessOutcome",
     "PublishFailed",
     "Sequencer",
     "SpawnError",
+    "TrackedJob",
     "Worker",
     "WorkerSettings",
+    "become_subreaper",
     "check_repository",
     "checkout",
+    "give_tree",
+    "make_undumpable",
     "resolve_working_directory",
     "run_command",
 ]

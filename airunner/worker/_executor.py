@@ -41,6 +41,8 @@ from airunner.store import process_error_event, rules
 
 from ._batcher import BatchLimits, OutputBatcher, Sequencer
 from ._checkout import CheckoutError, checkout
+from ._isolation import JobUser, give_tree
+from ._orphans import JOB_ID_VARIABLE, OrphanReaper, TrackedJob
 from ._process import OutputChunk, ProcessOutcome, SpawnError, run_command
 from ._publisher import EventPublisher, PublishFailed
 
@@ -75,6 +77,8 @@ class ExecutorSettings:
     visibility_timeout: int
     work_dir: Path
     kill_grace: float
+    # Jobs run as this user, not as the (root) worker.
+    job_user: JobUser | None = None
 
 
 class JobExecutor:
@@ -82,7 +86,8 @@ class JobExecutor:
 
     Heartbeats (UpdateJob) run beside it. If the server refuses one, the job
     was lost to visibility expiry: the process is stopped and nothing is
-    completed. ``kill`` stops the job early and fails it.
+    completed. ``kill`` stops the job early and fails it. ``reaper`` ends what
+    the job leaves running outside its process group.
     """
 
     def __init__(
@@ -92,6 +97,7 @@ class JobExecutor:
         settings: ExecutorSettings,
         *,
         kill: trio.Event,
+        reaper: OrphanReaper,
     ) -> None:
         assert delivery.job is not None
         self._client = client
@@ -99,6 +105,7 @@ class JobExecutor:
         self._token = delivery.task_token
         self._settings = settings
         self._kill = kill
+        self._reaper = reaper
         self._params = self._job.job_params or JobParams()
         # Trio's clock runs on while the worker is stopped (SIGSTOP): the time
         # since the delivery came is known even after a freeze.
@@ -140,7 +147,8 @@ class JobExecutor:
             )
         )
         try:
-            result = await self._run_reporting(workspace, started_at)
+            with self._reaper.track(self.job_id) as tracked:
+                result = await self._run_reporting(workspace, started_at, tracked)
         except Exception as e:
             # Whatever stopped this worker from running the job fails it now,
             # rather than leaving it to run (and stop) again on every worker.
@@ -149,6 +157,9 @@ class JobExecutor:
                 started_at, NO_EXIT_CODE, f"the worker could not run the job: {e!r}"
             )
         finally:
+            # Strays that other jobs' sweeps left while this job might own them,
+            # and what a stopped checkout left.
+            await self._reaper.sweep()
             # Even when the worker is stopping (cancelled): no workspace is left behind.
             with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_SECONDS):
                 await trio.to_thread.run_sync(lambda: shutil.rmtree(workspace, ignore_errors=True))
@@ -158,7 +169,9 @@ class JobExecutor:
             await self._complete(result)
         return result
 
-    async def _run_reporting(self, workspace: Path, started_at: int) -> JobResult | None:
+    async def _run_reporting(
+        self, workspace: Path, started_at: int, tracked: TrackedJob
+    ) -> JobResult | None:
         """Run the job with its heartbeats and its event stream beside it.
 
         Returns None if the delivery was lost: the server refused a heartbeat.
@@ -173,7 +186,7 @@ class JobExecutor:
                         await work.start(publisher.run)
                         try:
                             result = await self._execute(
-                                workspace, publisher, started_at, delivery
+                                workspace, publisher, started_at, delivery, tracked
                             )
                         finally:
                             publisher.end()
@@ -204,6 +217,7 @@ class JobExecutor:
         publisher: EventPublisher,
         started_at: int,
         delivery: trio.CancelScope,
+        tracked: TrackedJob,
     ) -> JobResult:
         sequences = Sequencer()
         # Stopping the worker cuts a long checkout short too.
@@ -222,6 +236,9 @@ class JobExecutor:
             return await self._fail(
                 publisher, sequences, started_at, "the worker stopped before the job started"
             )
+        user = self._settings.job_user
+        if user is not None:
+            await trio.to_thread.run_sync(give_tree, workspace, user)
         if not await self._still_held():
             # Never run a command for a delivery the server may have given away.
             delivery.cancel()
@@ -260,6 +277,8 @@ class JobExecutor:
                             output=chunks_send,
                             on_start=on_start,
                             kill_grace=self._settings.kill_grace,
+                            user=user,
+                            tracked=tracked,
                         )
                 except SpawnError as e:
                     spawn_error = str(e)
@@ -320,10 +339,15 @@ class JobExecutor:
     def _environment(self) -> dict[str, str]:
         env = {name: os.environ[name] for name in INHERITED_VARIABLES if name in os.environ}
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        user = self._settings.job_user
+        if user is not None:
+            env.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
         if self._params.process_type == ProcessType.PTY:
             env["TERM"] = "xterm-256color"
-        env["AIRUNNER_JOB_ID"] = self.job_id
         env.update(self._params.environment)
+        # Last: the job's processes name their job truly (the OrphanReaper and
+        # the watchdog go by it).
+        env[JOB_ID_VARIABLE] = self.job_id
         return env
 
     async def _still_held(self, *, asked: bool = False) -> bool:

@@ -19,6 +19,9 @@ import trio
 
 from airunner.api.job.v1.job_pb import StreamType
 
+from ._isolation import JobUser
+from ._orphans import JOB_ID_VARIABLE, TrackedJob
+
 # Bytes read from the process per receive: large enough for heavy output,
 # and far below the 200 KiB limit of one output item.
 READ_CHUNK_BYTES = 64 * 1024
@@ -63,12 +66,17 @@ async def run_command(
     output: trio.MemorySendChannel[OutputChunk],
     on_start: Callable[[int, int], Awaitable[None]],
     kill_grace: float = KILL_GRACE_SECONDS,
+    user: JobUser | None = None,
+    tracked: TrackedJob | None = None,
 ) -> ProcessOutcome:
     """Run ``argv`` to its end, sending its output to ``output`` (closed on return).
 
     The command runs in a new session, so that ``time_limit`` or a cancellation ends
     its whole process group: SIGTERM, then SIGKILL after ``kill_grace``.
-    ``on_start(pid, started_at_ns)`` runs once the process exists.
+    ``on_start(pid, started_at_ns)`` runs once the process exists. With ``user``
+    it runs as that user, with that user's groups. With ``tracked``, what the job
+    left running outside its group is ended too when it ends (``OrphanReaper``),
+    and its watchdog also kills the processes that name the job.
 
     Raises:
         SpawnError: the command does not exist or cannot be executed.
@@ -77,22 +85,30 @@ async def run_command(
         Stops the process group (shielded), then re-raises.
     """
     async with output:
-        process, readers = await _spawn(argv, cwd, env, pty)
+        process, readers = await _spawn(argv, cwd, env, pty, user)
+        if tracked is not None:
+            tracked.held.add(process.pid)
+            tracked.process_group = process.pid
         try:
-            watchdog = await _start_watchdog(process.pid)
+            watchdog = await _start_watchdog(process.pid, tracked.job_id if tracked else "")
         except BaseException:
             with trio.CancelScope(shield=True):
                 await _stop_group(process, 0)
+                if tracked is not None:
+                    await tracked.ended()
             raise
         try:
             return await _supervise(process, readers, output, time_limit, on_start, kill_grace)
         finally:
             # What the job left running (a daemon, a sleeping child, children that
-            # kept its output open) ends with it, on every path; then its guard.
+            # kept its output open) ends with it, on every path; then its guard;
+            # then whatever of it had left the group.
             _signal_group(process.pid, signal.SIGKILL)
             watchdog.kill()
             with trio.CancelScope(shield=True):
                 await watchdog.wait()
+                if tracked is not None:
+                    await tracked.ended()
 
 
 async def _supervise(
@@ -146,8 +162,11 @@ async def _supervise(
 
 
 async def _spawn(
-    argv: Sequence[str], cwd: Path, env: Mapping[str, str], pty: bool
+    argv: Sequence[str], cwd: Path, env: Mapping[str, str], pty: bool, user: JobUser | None
 ) -> tuple[trio.Process, list[tuple[trio.abc.ReceiveStream, StreamType]]]:
+    # subprocess sets the groups, then the group, then the user, in the child
+    # before it runs the command (and before _take_terminal); None keeps the worker's.
+    uid, gid, groups = (None, None, None) if user is None else (user.uid, user.gid, user.groups)
     try:
         if not pty:
             process = await trio.lowlevel.open_process(
@@ -158,6 +177,9 @@ async def _spawn(
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
+                user=uid,
+                group=gid,
+                extra_groups=groups,
             )
             assert process.stdout is not None
             assert process.stderr is not None
@@ -170,6 +192,9 @@ async def _spawn(
             fcntl.ioctl(
                 child, termios.TIOCSWINSZ, struct.pack("HHHH", PTY_ROWS, PTY_COLUMNS, 0, 0)
             )
+            if user is not None:
+                # As login does: the job may open its terminal again (/dev/tty).
+                os.fchown(child, user.uid, -1)
             process = await trio.lowlevel.open_process(
                 list(argv),
                 cwd=cwd,
@@ -179,6 +204,9 @@ async def _spawn(
                 stderr=child,
                 start_new_session=True,
                 preexec_fn=_take_terminal,
+                user=uid,
+                group=gid,
+                extra_groups=groups,
             )
         except BaseException:
             os.close(parent)
@@ -203,8 +231,25 @@ async def _spawn(
 _lifeline: tuple[int, int] | None = None
 
 
-async def _start_watchdog(pgid: int) -> trio.Process:
-    """A process that kills the job's process group if the worker dies first.
+# The watchdog, once the worker is gone: kill the job's process group; then,
+# a few times over (to catch a process forked meanwhile), every process whose
+# environment names the job: those that left the group. One that cleared its
+# environment too outlives its worker.
+_WATCHDOG = f"""
+read _
+kill -s KILL -- "-$1"
+[ -n "$2" ] || exit 0
+for _ in 1 2 3; do
+    # Not grep's status: a process that ends while grep reads makes it 2.
+    found=$(grep -lsxzF -e "{JOB_ID_VARIABLE}=$2" /proc/[0-9]*/environ)
+    [ -n "$found" ] || exit 0
+    for f in $found; do p=${{f#/proc/}}; kill -s KILL "${{p%/environ}}"; done
+done
+"""
+
+
+async def _start_watchdog(pgid: int, job_id: str) -> trio.Process:
+    """A process that kills the job's processes if the worker dies first.
 
     Why not a parent-death signal: trio forks from a worker thread, and Linux
     sends that signal when the forking *thread* ends (trio's idle threads end
@@ -215,10 +260,13 @@ async def _start_watchdog(pgid: int) -> trio.Process:
         # Both ends close on exec: no job inherits either.
         _lifeline = os.pipe()
     return await trio.lowlevel.open_process(
-        ["sh", "-c", 'read _; kill -s KILL -- "-$1"', "airunner-watchdog", str(pgid)],
+        ["sh", "-c", _WATCHDOG, "airunner-watchdog", str(pgid), job_id],
         stdin=_lifeline[0],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # Nothing of the worker's environment: a job could read it in the
+        # watchdog's /proc/<pid>/environ.
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
         # Out of the job's group, and of the worker's: a Ctrl-C meant for the
         # worker does not reach it.
         start_new_session=True,

@@ -17,6 +17,8 @@ from airunner.client import AirunnerClient
 from airunner.wakeup import Wakeup
 
 from ._executor import ExecutorSettings, JobExecutor
+from ._isolation import JobUser
+from ._orphans import OrphanReaper
 from ._process import KILL_GRACE_SECONDS
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,12 @@ class WorkerSettings:
     concurrency: int = 1
     work_dir: Path = Path("/tmp")
     kill_grace: float = KILL_GRACE_SECONDS
+    # Run each job as this user (the worker must be root).
+    job_user: JobUser | None = None
+    # End and reap what jobs leave running outside their process group. Only
+    # for a worker that is a process of its own and a child subreaper
+    # (become_subreaper): every orphan below it is then a job's.
+    reap_orphans: bool = False
 
 
 class Worker:
@@ -55,6 +63,7 @@ class Worker:
         self._settings = settings
         self._running = 0
         self._slot_freed = Wakeup()
+        self._reaper = OrphanReaper(enabled=settings.reap_orphans)
         self.stop = trio.Event()
         self.kill = trio.Event()
 
@@ -64,7 +73,16 @@ class Worker:
             visibility_timeout=self._settings.visibility_timeout,
             work_dir=self._settings.work_dir,
             kill_grace=self._settings.kill_grace,
+            job_user=self._settings.job_user,
         )
+        try:
+            await self._run(executor_settings)
+        finally:
+            # Whatever the jobs' own sweeps had to leave, with no job running now.
+            await self._reaper.sweep()
+        log.info("worker stopped")
+
+    async def _run(self, executor_settings: ExecutorSettings) -> None:
         backoff = BACKOFF_INITIAL_SECONDS
         async with trio.open_nursery() as jobs:
             while not self.stop.is_set():
@@ -90,7 +108,6 @@ class Worker:
                     await self._pause(QUICK_POLL_SECONDS)
             if self._running:
                 log.info("stopping: waiting for %d running job(s) to finish", self._running)
-        log.info("worker stopped")
 
     async def _poll(
         self, wanted: int, jobs: trio.Nursery, executor_settings: ExecutorSettings
@@ -147,7 +164,9 @@ class Worker:
 
     async def _run_job(self, delivery: DequeueJobResponse, settings: ExecutorSettings) -> None:
         try:
-            await JobExecutor(self._client, delivery, settings, kill=self.kill).run()
+            await JobExecutor(
+                self._client, delivery, settings, kill=self.kill, reaper=self._reaper
+            ).run()
         except Exception:
             job_id = delivery.job.job_id if delivery.job else "?"
             log.exception("job %s: the executor crashed", job_id)

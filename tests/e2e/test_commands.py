@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -10,6 +11,7 @@ import subprocess
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import jwt
 import pytest
@@ -259,3 +261,79 @@ async def test_cli_reports_a_server_that_is_down() -> None:
     assert done.returncode == 1
     [line] = done.stderr.decode().strip().splitlines()
     assert line.startswith("airunner-cli: error: cannot reach the server at http://127.0.0.1:9")
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--token-file", "/no/such/file"], {}, "cannot read the token file /no/such/file"),
+        (["--token-file", "EMPTY"], {}, "the token file EMPTY is empty"),
+        (["--token", "t", "--token-file", "EMPTY"], {}, "pass --token or --token-file, not both"),
+        ([], {"AIRUNNER_TOKEN_FILE": "/no/such/file"}, "cannot read the token file"),
+        (
+            [],
+            {"AIRUNNER_TOKEN": "t", "AIRUNNER_TOKEN_FILE": "EMPTY"},
+            "AIRUNNER_TOKEN and AIRUNNER_TOKEN_FILE are both set",
+        ),
+        (
+            ["--job-user", "no-such-user-here"],
+            {},
+            "no user named 'no-such-user-here'"
+            if os.geteuid() == 0
+            else "--job-user needs the worker to run as root",
+        ),
+        (["--job-user", "root"], {}, "--job-user must not be root"),
+    ],
+)
+@pytest.mark.parametrize("command", ["worker", "list"])
+def test_token_file_and_job_user_errors_are_one_line(
+    tmp_path: Path, command: str, args: list[str], env: dict[str, str], message: str
+) -> None:
+    if "--job-user" in args and command != "worker":
+        pytest.skip("--job-user is the worker's")
+    if args == ["--job-user", "root"] and os.geteuid() != 0:
+        pytest.skip("checked after the worker is known to be root")
+    empty = tmp_path / "empty"
+    empty.touch()
+
+    def fill(text: str) -> str:
+        return text.replace("EMPTY", str(empty))
+
+    extra = ["--work-dir", str(tmp_path / "work")] if command == "worker" else []
+    done = run_command(
+        [
+            tool("airunner-cli"),
+            command,
+            "--server",
+            "http://127.0.0.1:9",
+            *extra,
+            *map(fill, args),
+        ],
+        clean_env(**{k: fill(v) for k, v in env.items()}),
+    )
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("airunner-cli: error: ")
+    assert fill(message) in line
+
+
+@pytest.mark.e2e
+async def test_a_token_file_is_read_by_the_cli(key_pair: KeyPair, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(key_pair.token() + "\n")
+    auth = BearerAuth(load_public_key(key_pair.public_pem))
+    async with run_server(auth=auth) as running:
+        for args, env in [
+            (["--token-file", str(token_file)], {}),
+            ([], {"AIRUNNER_TOKEN_FILE": str(token_file)}),
+            ([], {}),
+        ]:
+            done = await trio.run_process(
+                [tool("airunner-cli"), "list", "--server", running.url, *args],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                env=clean_env(**env),
+            )
+            expected = 0 if args or env else 1
+            assert done.returncode == expected, (args, env, done.stderr)

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,9 +86,13 @@ class Cli:
         )
 
     @asynccontextmanager
-    async def worker(self, *args: str) -> AsyncIterator[WorkerProcess]:
+    async def worker(
+        self, *args: str, env: dict[str, str] | None = None, wrapper: Sequence[str] = ()
+    ) -> AsyncIterator[WorkerProcess]:
+        """A worker process, started through ``wrapper`` (``setpriv ...``) if given."""
         process = await trio.lowlevel.open_process(
             [
+                *wrapper,
                 tool("airunner-cli"),
                 "worker",
                 "--server",
@@ -97,7 +101,7 @@ class Cli:
                 str(self.work_dir),
                 *args,
             ],
-            env=clean_env(),
+            env=env or clean_env(),
             stderr=subprocess.PIPE,
         )
         worker = WorkerProcess(process)
