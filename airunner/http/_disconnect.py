@@ -105,9 +105,15 @@ class _Request:
         return message
 
     async def send(self, message: ASGISendEvent) -> None:
-        await self._send(message)
-        if message["type"] == "http.response.body" and not message.get("more_body", False):
+        # Marked before the send: Hypercorn ends the stream inside it, queueing
+        # the disconnect that follows every response and making the connection
+        # idle again; cancelling the send there would leave it never idle, and
+        # a draining server would wait its whole grace period for it.
+        if (message["type"] == "http.response.body" and not message.get("more_body", False)) or (
+            message["type"] == "http.response.trailers" and not message.get("more_trailers", False)
+        ):
             self._responded = True
+        await self._send(message)
 
     async def _watch(self) -> None:
         while (await self._receive())["type"] != "http.disconnect":

@@ -52,6 +52,8 @@ _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 class _Process:
     pid: int
     ppid: int
+    # Its process group.
+    group: int
     zombie: bool
     # Clock ticks since boot.
     started: int
@@ -90,7 +92,9 @@ class OrphanReaper:
         self._before = (
             {p.pid for p in _processes().values() if p.ppid == self._me} if enabled else set()
         )
-        self._running: set[TrackedJob] = set()
+        # The running jobs, replaced (never changed in place) on the trio thread,
+        # so that a sweep's thread reads a consistent set at any time.
+        self._running: frozenset[TrackedJob] = frozenset()
         # Processes killed here, by pid, with their start times: once they are
         # zombies among the worker's children, they are reaped whoever they seem to be.
         self._killed: dict[int, int] = {}
@@ -101,11 +105,11 @@ class OrphanReaper:
         """Count the job as running while inside; everything it starts is younger."""
         # One tick back: a process started in the same tick is taken for the job's.
         job = TrackedJob(self, job_id, _boot_ticks() - 1)
-        self._running.add(job)
+        self._running = self._running | {job}
         try:
             yield job
         finally:
-            self._running.discard(job)
+            self._running = self._running - {job}
 
     async def sweep(self, ending: TrackedJob | None = None) -> None:
         """Kill and reap the strays: orphans no running job (but ``ending``) may own.
@@ -119,27 +123,33 @@ class OrphanReaper:
         """
         if not self.enabled:
             return
-        others = [job for job in self._running if job is not ending]
         group = ending.process_group if ending is not None else None
         with trio.CancelScope(shield=True):
             async with self._lock:
-                killed = await trio.to_thread.run_sync(self._sweep, others, group)
+                killed = await trio.to_thread.run_sync(self._sweep, ending, group)
         if killed:
             whose = f"job {ending.job_id}" if ending is not None else "jobs that ended"
             log.info("ended %d process(es) %s left running", killed, whose)
 
-    def _sweep(self, others: list[TrackedJob], group: int | None) -> int:
+    def _sweep(self, ending: TrackedJob | None, group: int | None) -> int:
         deadline = time.monotonic() + SWEEP_SECONDS
         killed = 0
         while True:
             processes = _processes()
+            # The jobs running now, read after the scan: a job that started since
+            # the sweep began owns what it started, and each of its processes
+            # in the scan was started after the job was counted.
+            others = [job for job in self._running if job is not ending]
+            held = set().union(*(job.held for job in self._running), ending.held if ending else ())
             self._killed = {
                 pid: started
                 for pid, started in self._killed.items()
                 if pid in processes and processes[pid].started == started
             }
             strays = [
-                p for p in processes.values() if p.ppid == self._me and self._stray(p, others)
+                p
+                for p in processes.values()
+                if p.ppid == self._me and p.pid not in held and self._stray(p, others, group)
             ]
             for stray in strays:
                 if not stray.zombie:
@@ -154,13 +164,15 @@ class OrphanReaper:
                 return killed
             time.sleep(SWEEP_ROUND_SECONDS)
 
-    def _stray(self, process: _Process, others: list[TrackedJob]) -> bool:
+    def _stray(self, process: _Process, others: list[TrackedJob], group: int | None) -> bool:
         if self._killed.get(process.pid) == process.started:
             return True
         if process.pid in self._before or process.started < self._since:
             return False
-        if any(process.pid in job.held for job in others):
-            return False
+        if group is not None and process.group == group:
+            # Of the ending job's group (its members that outlived their parent,
+            # zombies included, whatever their environment): its own.
+            return True
         owner = None if process.zombie else _job_named_by(process.pid)
         for job in others:
             if owner is not None:
@@ -241,7 +253,11 @@ def _process(pid: int) -> _Process | None:
     # The command name, in parentheses, may hold spaces and parentheses itself.
     fields = stat[stat.rindex(b")") + 2 :].split()
     return _Process(
-        pid=pid, ppid=int(fields[1]), zombie=fields[0] == b"Z", started=int(fields[19])
+        pid=pid,
+        ppid=int(fields[1]),
+        group=int(fields[2]),
+        zombie=fields[0] == b"Z",
+        started=int(fields[19]),
     )
 
 
