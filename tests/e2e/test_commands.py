@@ -263,36 +263,43 @@ async def test_cli_reports_a_server_that_is_down() -> None:
     assert line.startswith("airunner-cli: error: cannot reach the server at http://127.0.0.1:9")
 
 
+_TOKEN_FILE_ERRORS = [
+    (["--token-file", "/no/such/file"], {}, "cannot read the token file /no/such/file"),
+    (["--token-file", "EMPTY"], {}, "the token file EMPTY is empty"),
+    (["--token", "t", "--token-file", "EMPTY"], {}, "pass --token or --token-file, not both"),
+    ([], {"AIRUNNER_TOKEN_FILE": "/no/such/file"}, "cannot read the token file"),
+    (
+        [],
+        {"AIRUNNER_TOKEN": "t", "AIRUNNER_TOKEN_FILE": "EMPTY"},
+        "AIRUNNER_TOKEN and AIRUNNER_TOKEN_FILE are both set",
+    ),
+]
+_NOT_ROOT = "--job-user needs the worker to run as root"
+_JOB_USER_ERRORS = [
+    (
+        ["--job-user", "no-such-user-here"],
+        {},
+        "no user named 'no-such-user-here'" if os.geteuid() == 0 else _NOT_ROOT,
+    ),
+    (
+        ["--job-user", "root"],
+        {},
+        "--job-user must not be root" if os.geteuid() == 0 else _NOT_ROOT,
+    ),
+]
+
+
 @pytest.mark.parametrize(
-    ("args", "env", "message"),
+    ("command", "args", "env", "message"),
     [
-        (["--token-file", "/no/such/file"], {}, "cannot read the token file /no/such/file"),
-        (["--token-file", "EMPTY"], {}, "the token file EMPTY is empty"),
-        (["--token", "t", "--token-file", "EMPTY"], {}, "pass --token or --token-file, not both"),
-        ([], {"AIRUNNER_TOKEN_FILE": "/no/such/file"}, "cannot read the token file"),
-        (
-            [],
-            {"AIRUNNER_TOKEN": "t", "AIRUNNER_TOKEN_FILE": "EMPTY"},
-            "AIRUNNER_TOKEN and AIRUNNER_TOKEN_FILE are both set",
-        ),
-        (
-            ["--job-user", "no-such-user-here"],
-            {},
-            "no user named 'no-such-user-here'"
-            if os.geteuid() == 0
-            else "--job-user needs the worker to run as root",
-        ),
-        (["--job-user", "root"], {}, "--job-user must not be root"),
+        *[(command, *case) for command in ("worker", "list") for case in _TOKEN_FILE_ERRORS],
+        # --job-user is the worker's alone.
+        *[("worker", *case) for case in _JOB_USER_ERRORS],
     ],
 )
-@pytest.mark.parametrize("command", ["worker", "list"])
 def test_token_file_and_job_user_errors_are_one_line(
     tmp_path: Path, command: str, args: list[str], env: dict[str, str], message: str
 ) -> None:
-    if "--job-user" in args and command != "worker":
-        pytest.skip("--job-user is the worker's")
-    if args == ["--job-user", "root"] and os.geteuid() != 0:
-        pytest.skip("checked after the worker is known to be root")
     empty = tmp_path / "empty"
     empty.touch()
 
