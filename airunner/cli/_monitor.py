@@ -95,7 +95,9 @@ def _show(event: JobEvent) -> int | None:
     elif event.event_type == EventType.PROCESS_END and data.field == "process_end":
         code = data.value.exit_code
         status(f"process exited with code {code}")
-        return int(code)
+        # An exit status has 8 bits: a failure whose code they would read as 0
+        # exits 1.
+        return code if 0 <= code <= 255 else 1
     elif event.event_type == EventType.PROCESS_ERROR and data.field == "process_error":
         status(f"job failed: {data.value.error_message}")
         return 1

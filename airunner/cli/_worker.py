@@ -90,6 +90,11 @@ def run(args: argparse.Namespace) -> int:
     reap_orphans = become_subreaper()
     if not reap_orphans:
         log.warning("not on Linux: a job's processes that leave its process group outlive it")
+    if job_user is None and os.geteuid() == 0:
+        log.warning(
+            "jobs run as root: they can read the worker's token and everything else; "
+            "pass --job-user NAME to run them as another user"
+        )
     settings = WorkerSettings(
         queue=args.queue,
         visibility_timeout=args.visibility_timeout,

@@ -66,7 +66,9 @@ class BearerAuth:
                 token.strip(),
                 self._key,
                 algorithms=["ES256"],
-                options={"require": required},
+                # Without JWT_AUDIENCE a token's aud is not checked (PyJWT would
+                # refuse every token that has one).
+                options={"require": required, "verify_aud": bool(self._audience)},
                 leeway=CLOCK_SKEW_LEEWAY_SECONDS,
                 issuer=self._issuer,
                 audience=self._audience,

@@ -121,6 +121,14 @@ async def test_issuer_audience_and_lifetime_are_the_servers(
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("claims", [{"aud": "ci"}, {"iss": "anyone"}, {"aud": ["a", "b"]}])
+async def test_issuer_and_audience_are_unchecked_when_the_server_sets_none(
+    secured: RunningServer, key_pair: KeyPair, claims: dict[str, object]
+) -> None:
+    await call_with(secured.url, key_pair.token(**claims))  # type: ignore[arg-type]
+
+
+@pytest.mark.e2e
 async def test_auth_is_checked_before_the_body_is_read(secured: RunningServer) -> None:
     async with httpx.AsyncClient() as http:
         response = await http.post(

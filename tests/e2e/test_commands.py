@@ -19,7 +19,7 @@ import trio
 
 from airunner.api.job.v1.job_pb import ListJobsRequest
 from airunner.http import BearerAuth, load_public_key
-from tests.helpers import clean_env, tool
+from tests.helpers import clean_env, read_until, tool
 
 from .conftest import Clients, KeyPair, run_server
 
@@ -344,3 +344,28 @@ async def test_a_token_file_is_read_by_the_cli(key_pair: KeyPair, tmp_path: Path
             )
             expected = 0 if args or env else 1
             assert done.returncode == expected, (args, env, done.stderr)
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(os.geteuid() != 0, reason="a worker warns only when it runs as root")
+async def test_a_root_worker_without_a_job_user_says_jobs_run_as_root(tmp_path: Path) -> None:
+    process = await trio.lowlevel.open_process(
+        [
+            tool("airunner-cli"),
+            "worker",
+            "--server",
+            "http://127.0.0.1:9",
+            "--work-dir",
+            str(tmp_path),
+            "--log-format",
+            "text",
+        ],
+        env=clean_env(),
+        stderr=subprocess.PIPE,
+    )
+    try:
+        logged = await read_until(process.stderr, b"worker polling")
+    finally:
+        process.kill()
+        await process.wait()
+    assert b"jobs run as root: they can read the worker's token" in logged
