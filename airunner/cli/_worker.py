@@ -18,13 +18,14 @@ from airunner.worker import (
     WORKER_SECRETS,
     JobUser,
     JobUserError,
+    PollRefused,
     Worker,
     WorkerSettings,
     become_subreaper,
     make_undumpable,
 )
 
-from ._common import CliError, client_options, make_client, resolve_token
+from ._common import CliError, client_options, first_leaf, make_client, resolve_token
 
 log = logging.getLogger("airunner.worker")
 
@@ -103,7 +104,16 @@ def run(args: argparse.Namespace) -> int:
         job_user=job_user,
         reap_orphans=reap_orphans,
     )
-    trio.run(_serve, args, settings)
+    try:
+        trio.run(_serve, args, settings)
+    except* PollRefused as refused:
+        # A worker that can never take a job says why and ends, instead of
+        # retrying for ever and looking alive.
+        error = first_leaf(refused).error
+        raise CliError(
+            f"the server at {args.server} refused to give jobs from queue "
+            f"{settings.queue}: {error.code.value}: {error.message}"
+        ) from None
     return 0
 
 

@@ -24,7 +24,7 @@ from ._isolation import (
 from ._orphans import JOB_ID_VARIABLE, OrphanReaper, TrackedJob
 from ._process import OutputChunk, ProcessOutcome, SpawnError, run_command
 from ._publisher import EventPublisher, PublishFailed
-from ._worker import Worker, WorkerSettings
+from ._worker import PollRefused, Worker, WorkerSettings
 
 __all__ = [
     "JOB_ID_VARIABLE",
@@ -39,6 +39,7 @@ __all__ = [
     "OrphanReaper",
     "OutputBatcher",
     "OutputChunk",
+    "PollRefused",
     "ProcessOutcome",
     "PublishFailed",
     "Sequencer",

@@ -34,6 +34,25 @@ BACKOFF_INITIAL_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 30.0
 # One DequeueJob asks for at most this many jobs (the server's limit).
 MAX_JOBS_PER_POLL = 10
+# Answers to a poll that asking again will not change: the queue is not served
+# there, or the token is refused. The worker stops instead of retrying.
+REFUSALS = frozenset(
+    {
+        Code.INVALID_ARGUMENT,
+        Code.NOT_FOUND,
+        Code.UNAUTHENTICATED,
+        Code.PERMISSION_DENIED,
+        Code.UNIMPLEMENTED,
+    }
+)
+
+
+class PollRefused(Exception):
+    """The server refuses this worker's polls: it can never take a job there."""
+
+    def __init__(self, error: ConnectError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 @dataclass(frozen=True)
@@ -66,6 +85,7 @@ class Worker:
         self._reaper = OrphanReaper(enabled=settings.reap_orphans)
         self.stop = trio.Event()
         self.kill = trio.Event()
+        self._refused: ConnectError | None = None
 
     async def run(self) -> None:
         executor_settings = ExecutorSettings(
@@ -81,6 +101,8 @@ class Worker:
             # Whatever the jobs' own sweeps had to leave, with no job running now.
             await self._reaper.sweep()
         log.info("worker stopped")
+        if self._refused is not None:
+            raise PollRefused(self._refused)
 
     async def _run(self, executor_settings: ExecutorSettings) -> None:
         backoff = BACKOFF_INITIAL_SECONDS
@@ -99,6 +121,13 @@ class Worker:
                         min(free, MAX_JOBS_PER_POLL), jobs, executor_settings
                     )
                 except ConnectError as e:
+                    if e.code in REFUSALS:
+                        # Running jobs (if the refusal came later, a token that
+                        # expired) finish as on SIGTERM; then run() raises.
+                        log.error("the server refused to give jobs: %s", e.message)
+                        self._refused = e
+                        self.stop.set()
+                        break
                     log.warning("polling failed: %s; retrying in %.0f s", e.message, backoff)
                     await self._pause(backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)

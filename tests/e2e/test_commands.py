@@ -369,3 +369,39 @@ async def test_a_root_worker_without_a_job_user_says_jobs_run_as_root(tmp_path: 
         process.kill()
         await process.wait()
     assert b"jobs run as root: they can read the worker's token" in logged
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--queue", "nope"], "invalid_argument: unknown queue 'nope'"),
+        (["--token", "not-a-token"], "unauthenticated: invalid bearer token"),
+    ],
+)
+async def test_a_worker_that_can_never_take_a_job_says_why_and_exits(
+    key_pair: KeyPair, tmp_path: Path, args: list[str], message: str
+) -> None:
+    auth = BearerAuth(load_public_key(key_pair.public_pem))
+    async with run_server(auth=auth) as running:
+        if "--token" not in args:
+            args = [*args, "--token", key_pair.token()]
+        with trio.fail_after(20):
+            done = await trio.run_process(
+                [
+                    tool("airunner-cli"),
+                    "worker",
+                    "--server",
+                    running.url,
+                    "--work-dir",
+                    str(tmp_path),
+                    *args,
+                ],
+                capture_stderr=True,
+                check=False,
+                env=clean_env(),
+            )
+    assert done.returncode == 1
+    last = done.stderr.decode().strip().splitlines()[-1]
+    assert last.startswith(f"airunner-cli: error: the server at {running.url} refused")
+    assert message in last
