@@ -6,7 +6,7 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -33,8 +33,9 @@ def client_options() -> argparse.ArgumentParser:
     group = parser.add_argument_group("server")
     group.add_argument(
         "--server",
-        default=os.environ.get("AIRUNNER_SERVER") or DEFAULT_SERVER,
-        help=f"server URL (env AIRUNNER_SERVER, default {DEFAULT_SERVER})",
+        default=default_server(os.environ),
+        help="server URL (env AIRUNNER_SERVER; else the address in AIRUNNER_LISTEN, as "
+        f"run-local uses it; else {DEFAULT_SERVER})",
     )
     group.add_argument(
         "--token",
@@ -89,6 +90,20 @@ def _read_token(path: Path) -> str:
     if not token:
         raise CliError(f"the token file {path} is empty")
     return token
+
+
+def default_server(env: Mapping[str, str]) -> str:
+    """The server a command talks to unless --server says: AIRUNNER_SERVER, else
+    the server on this machine that AIRUNNER_LISTEN moved, else run-local's."""
+    if server := env.get("AIRUNNER_SERVER"):
+        return server
+    host, sep, port = env.get("AIRUNNER_LISTEN", "").rpartition(":")
+    if not (sep and host and port.isdigit()):
+        return DEFAULT_SERVER
+    if host in ("0.0.0.0", "[::]"):
+        # Listening everywhere: this machine's own address reaches it.
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
 
 
 def make_client(args: argparse.Namespace, *, max_calls: int = DEFAULT_MAX_CALLS) -> AirunnerClient:
