@@ -215,7 +215,7 @@ async def _spawn(
             os.close(child)
         return process, [(trio.lowlevel.FdStream(parent), StreamType.STDOUT)]
     except FileNotFoundError:
-        raise SpawnError(f"command not found: {argv[0]}") from None
+        raise SpawnError(_not_found(argv[0], cwd)) from None
     except PermissionError:
         raise SpawnError(f"command is not executable: {argv[0]}") from None
     except OSError as e:
@@ -223,6 +223,20 @@ async def _spawn(
     except ValueError as e:
         # A NUL byte in an argument or the environment, say.
         raise SpawnError(f"cannot start {argv[0]!r}: {e}") from None
+
+
+def _not_found(command: str, cwd: Path) -> str:
+    """Why ``command`` was not found, with what the job's author likely meant."""
+    message = f"command not found: {command}"
+    if " " in command.strip():
+        first = command.split()[0]
+        return (
+            f"{message} (the command is one program name; put its arguments in args, "
+            f"or submit with -- {first} ARG...)"
+        )
+    if "/" not in command and (cwd / command).is_file():
+        return f"{message} (a file {command} is in the working directory: use ./{command})"
+    return message
 
 
 # Only this process holds the write end of this pipe; the kernel closes it when

@@ -269,6 +269,22 @@ async def test_missing_command_fails_the_job(cli: Cli, worker: WorkerProcess) ->
     assert b"command not found: no-such-command-here" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["--command", "ls -la"], b"put its arguments in args, or submit with -- ls ARG..."),
+        (["--", "version"], b"a file version is in the working directory: use ./version"),
+    ],
+)
+async def test_a_command_not_found_says_what_was_likely_meant(
+    cli: Cli, worker: WorkerProcess, repo: Repo, args: list[str], hint: bytes
+) -> None:
+    done = await cli.run("submit", str(repo.path), *args)
+    assert done.returncode == 1
+    assert b"command not found" in done.stderr
+    assert hint in done.stderr
+
+
 async def test_monitor_replay_equals_live_output_byte_for_byte(
     cli: Cli, worker: WorkerProcess
 ) -> None:
