@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -111,6 +112,8 @@ def job_request(args: argparse.Namespace) -> EnqueueJobRequest:
         if not local.exists():
             raise CliError(f"repository {params.repository!r} is neither a URL nor a local path")
         params.repository = str(local.resolve())
+        if not params.commit and not params.branch:
+            _warn_if_uncommitted(local)
     return EnqueueJobRequest(
         request_id=args.request_id or str(uuid.uuid4()), queue=queue, job_params=params
     )
@@ -179,6 +182,26 @@ def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
             raise CliError(f"{flag} takes KEY=VALUE, got {item!r}")
         pairs[key] = value
     return pairs
+
+
+def _warn_if_uncommitted(path: Path) -> None:
+    """A local repository's job runs its last commit: say so when the tree differs."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(path), "status", "--porcelain"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return
+    changed = done.stdout.splitlines() if done.returncode == 0 else []
+    if changed:
+        status(
+            f"{path} has {len(changed)} uncommitted change(s); the job runs its last "
+            "commit without them (commit them first to include them)"
+        )
 
 
 def _looks_remote(repository: str) -> bool:

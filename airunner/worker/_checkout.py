@@ -114,6 +114,11 @@ async def checkout(params: JobParams, destination: Path) -> Path:
                 # Servers may refuse a commit that is not a branch tip: take the history.
                 ref = [params.branch] if params.branch else []
                 await _git("-C", str(destination), "fetch", "--quiet", "origin", *ref)
+                if not await _has_commit(destination, params.commit):
+                    where = f"branch {params.branch!r} of " if params.branch else ""
+                    raise CheckoutError(
+                        f"commit {params.commit!r} is not in {where}{params.repository}"
+                    ) from None
                 await _git(
                     "-C", str(destination), "checkout", "--quiet", "--detach", params.commit
                 )
@@ -124,8 +129,29 @@ async def checkout(params: JobParams, destination: Path) -> Path:
     return resolve_working_directory(destination, params.working_directory)
 
 
-async def _git(*args: str) -> None:
-    env = {
+async def _has_commit(destination: Path, commit: str) -> bool:
+    """Whether the fetched history holds ``commit`` (a hash or a name of one)."""
+    done = await trio.run_process(
+        [
+            "git",
+            "-C",
+            str(destination),
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            f"{commit}^{{commit}}",
+        ],
+        env=_git_env(),
+        stdin=subprocess.DEVNULL,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+def _git_env() -> dict[str, str]:
+    return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/"),
         # Never wait for a password nobody will type.
@@ -133,9 +159,12 @@ async def _git(*args: str) -> None:
         "GIT_ALLOW_PROTOCOL": _ALLOWED_PROTOCOLS,
         "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
     }
+
+
+async def _git(*args: str) -> None:
     done = await trio.run_process(
         ["git", "-c", "protocol.ext.allow=never", "-c", "advice.detachedHead=false", *args],
-        env=env,
+        env=_git_env(),
         stdin=subprocess.DEVNULL,
         capture_stdout=True,
         capture_stderr=True,

@@ -238,6 +238,15 @@ async def test_bad_repository_fails_the_job_clearly(
     assert not marker.exists()
 
 
+async def test_a_commit_that_does_not_exist_is_named(
+    cli: Cli, worker: WorkerProcess, repo: Repo
+) -> None:
+    missing = "0123456789abcdef0123456789abcdef01234567"
+    done = await cli.run("submit", str(repo.path), "--commit", missing, "--", "true")
+    assert done.returncode == 1
+    assert f"commit '{missing}' is not in {repo.path}".encode() in done.stderr
+
+
 async def test_working_directory_may_not_escape(
     cli: Cli, worker: WorkerProcess, repo: Repo
 ) -> None:

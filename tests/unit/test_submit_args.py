@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,29 @@ def test_table_has_a_header_and_a_row_per_job() -> None:
         "https://x/y.git",
         "3h",
     ]
+
+
+def test_a_local_repository_with_uncommitted_changes_is_pointed_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(
+            ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+        )
+
+    git("init", "--quiet")
+    (tmp_path / "run.sh").write_text("echo one\n")
+    git("add", ".")
+    git("commit", "--quiet", "-m", "one")
+    parse(str(tmp_path), "--", "sh", "run.sh")
+    assert capsys.readouterr().err == ""
+    (tmp_path / "run.sh").write_text("echo two\n")
+    (tmp_path / "new.sh").write_text("echo new\n")
+    parse(str(tmp_path), "--", "sh", "run.sh")
+    assert "has 2 uncommitted change(s); the job runs its last commit" in capsys.readouterr().err
+    # A named commit or branch is what the user asked for.
+    parse(str(tmp_path), "--branch", "main", "--", "sh", "run.sh")
+    assert capsys.readouterr().err == ""
