@@ -131,27 +131,22 @@ async def checkout(params: JobParams, destination: Path) -> Path:
 
 async def _has_commit(destination: Path, commit: str) -> bool:
     """Whether the fetched history holds ``commit`` (a hash or a name of one)."""
-    done = await trio.run_process(
-        [
-            "git",
-            "-C",
-            str(destination),
-            "rev-parse",
-            "--verify",
-            "--quiet",
-            f"{commit}^{{commit}}",
-        ],
-        env=_git_env(),
-        stdin=subprocess.DEVNULL,
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-    )
+    verify = ("rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}")
+    done = await _run_git("-C", str(destination), *verify)
     return done.returncode == 0
 
 
-def _git_env() -> dict[str, str]:
-    return {
+async def _git(*args: str) -> None:
+    done = await _run_git(*args)
+    if done.returncode != 0:
+        message = done.stderr.decode(errors="replace").strip().splitlines()[-_ERROR_LINES:]
+        raise CheckoutError(
+            f"git {args[2] if args[0] == '-C' else args[0]} failed: " + " / ".join(message)
+        )
+
+
+async def _run_git(*args: str) -> subprocess.CompletedProcess[bytes]:
+    env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/"),
         # Never wait for a password nobody will type.
@@ -159,19 +154,11 @@ def _git_env() -> dict[str, str]:
         "GIT_ALLOW_PROTOCOL": _ALLOWED_PROTOCOLS,
         "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
     }
-
-
-async def _git(*args: str) -> None:
-    done = await trio.run_process(
+    return await trio.run_process(
         ["git", "-c", "protocol.ext.allow=never", "-c", "advice.detachedHead=false", *args],
-        env=_git_env(),
+        env=env,
         stdin=subprocess.DEVNULL,
         capture_stdout=True,
         capture_stderr=True,
         check=False,
     )
-    if done.returncode != 0:
-        message = done.stderr.decode(errors="replace").strip().splitlines()[-_ERROR_LINES:]
-        raise CheckoutError(
-            f"git {args[2] if args[0] == '-C' else args[0]} failed: " + " / ".join(message)
-        )
