@@ -35,16 +35,22 @@ from pyqwest import SyncClient, SyncHTTPTransport
 
 from airunner.api.job.v1.job_connect import JobEventsServiceClientSync, JobServiceClientSync
 from airunner.api.job.v1.job_pb import (
+    CancelJobRequest,
+    CancelJobResponse,
     CompleteJobRequest,
     CompleteJobResponse,
     DequeueJobRequest,
     DequeueJobResponse,
     EnqueueJobRequest,
     EnqueueJobResponse,
+    GetJobRequest,
+    GetJobResponse,
     ListJobsRequest,
     ListJobsResponse,
     PublishJobEventsRequest,
     PublishJobEventsResponse,
+    RetryJobRequest,
+    RetryJobResponse,
     StreamJobEventsRequest,
     StreamJobEventsResponse,
     UpdateJobRequest,
@@ -168,6 +174,21 @@ class AirunnerClient:
         self, request: ListJobsRequest, *, rpc_timeout: float = DEFAULT_TIMEOUT_SECONDS
     ) -> ListJobsResponse:
         return await self._unary(self._jobs.list_jobs, request, rpc_timeout)
+
+    async def get_job(
+        self, request: GetJobRequest, *, rpc_timeout: float = DEFAULT_TIMEOUT_SECONDS
+    ) -> GetJobResponse:
+        return await self._unary(self._jobs.get_job, request, rpc_timeout)
+
+    async def cancel_job(
+        self, request: CancelJobRequest, *, rpc_timeout: float = DEFAULT_TIMEOUT_SECONDS
+    ) -> CancelJobResponse:
+        return await self._unary(self._jobs.cancel_job, request, rpc_timeout)
+
+    async def retry_job(
+        self, request: RetryJobRequest, *, rpc_timeout: float = DEFAULT_TIMEOUT_SECONDS
+    ) -> RetryJobResponse:
+        return await self._unary(self._jobs.retry_job, request, rpc_timeout)
 
     def dequeue_job(
         self, request: DequeueJobRequest, *, rpc_timeout: float

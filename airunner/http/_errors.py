@@ -10,7 +10,14 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
 
-from airunner.store import InvalidArgument, NotFound, ResourceExhausted, StoreError, Unavailable
+from airunner.store import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    StoreError,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +27,7 @@ RES = TypeVar("RES")
 _CODES: dict[type[StoreError], Code] = {
     InvalidArgument: Code.INVALID_ARGUMENT,
     NotFound: Code.NOT_FOUND,
+    FailedPrecondition: Code.FAILED_PRECONDITION,
     ResourceExhausted: Code.RESOURCE_EXHAUSTED,
     Unavailable: Code.UNAVAILABLE,
 }

@@ -16,18 +16,24 @@ from opentelemetry import propagate
 from airunner import telemetry
 from airunner.api.job.v1.job_connect import JobEventsService, JobService
 from airunner.api.job.v1.job_pb import (
+    CancelJobRequest,
+    CancelJobResponse,
     CompleteJobRequest,
     CompleteJobResponse,
     DequeueJobRequest,
     DequeueJobResponse,
     EnqueueJobRequest,
     EnqueueJobResponse,
+    GetJobRequest,
+    GetJobResponse,
     JobEvent,
     JobParams,
     ListJobsRequest,
     ListJobsResponse,
     PublishJobEventsRequest,
     PublishJobEventsResponse,
+    RetryJobRequest,
+    RetryJobResponse,
     StreamJobEventsRequest,
     StreamJobEventsResponse,
     UpdateJobRequest,
@@ -86,7 +92,10 @@ class JobServiceHandler(JobService):
             delivery = None
             with self._drain.cancel_on_drain():
                 delivery = await self._store.dequeue_job(
-                    request.queue, request.visibility_timeout_seconds, deadline=deadline
+                    [request.queue, *request.more_queues],
+                    request.visibility_timeout_seconds,
+                    deadline=deadline,
+                    worker_name=rules.check_worker_name(request.worker_name),
                 )
             if delivery is None:
                 return
@@ -119,9 +128,31 @@ class JobServiceHandler(JobService):
 
     async def list_jobs(self, request: ListJobsRequest, ctx: _Ctx) -> ListJobsResponse:
         page = await self._store.list_jobs(
-            request.queue, request.state, request.page, request.page_size
+            request.queue, request.state, request.page, request.page_size, request.owner
         )
-        return ListJobsResponse(jobs=page.jobs, last_page=page.last_page)
+        return ListJobsResponse(
+            jobs=[rules.public_job(job) for job in page.jobs], last_page=page.last_page
+        )
+
+    async def get_job(self, request: GetJobRequest, ctx: _Ctx) -> GetJobResponse:
+        job = await self._store.get_job(rules.check_job_id(request.job_id))
+        return GetJobResponse(job=rules.public_job(job))
+
+    async def cancel_job(self, request: CancelJobRequest, ctx: _Ctx) -> CancelJobResponse:
+        job = await self._store.cancel_job(
+            rules.check_job_id(request.job_id), rules.check_cancel_reason(request.reason)
+        )
+        log.info("job %s: cancel asked (%s)", job.job_id, job.state.name.lower())
+        return CancelJobResponse(job=rules.public_job(job))
+
+    async def retry_job(self, request: RetryJobRequest, ctx: _Ctx) -> RetryJobResponse:
+        earlier = await self._store.get_job(rules.check_job_id(request.job_id))
+        params = rules.retry_params(earlier)
+        # The retry's story is its own: it joins the trace of this request.
+        params.metadata.pop(TRACEPARENT, None)
+        propagate.inject(params.metadata)
+        job = await self._store.enqueue_job(request.request_id, earlier.queue, params)
+        return RetryJobResponse(job=rules.public_job(job))
 
 
 class JobEventsServiceHandler(JobEventsService):

@@ -21,6 +21,7 @@ from ._contract import (
     rebased,
 )
 from ._errors import (
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -48,6 +49,7 @@ __all__ = [
     "Delivery",
     "EventQuery",
     "EventStream",
+    "FailedPrecondition",
     "InvalidArgument",
     "JobPage",
     "JobStore",

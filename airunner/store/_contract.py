@@ -86,12 +86,20 @@ class JobStore(Protocol):
         ...
 
     async def dequeue_job(
-        self, queue: str, visibility_timeout_seconds: int, *, deadline: float
+        self,
+        queues: Sequence[str],
+        visibility_timeout_seconds: int,
+        *,
+        deadline: float,
+        worker_name: str = "",
     ) -> Delivery | None:
-        """Wait until a job of ``queue`` can be delivered, or ``deadline`` (trio time).
+        """Wait until a job of one of ``queues`` can be delivered, or ``deadline`` (trio time).
 
-        The delivered job is RUNNING and invisible for the visibility timeout
-        (0 = the store's default).
+        A job is taken from the first queue in ``queues`` that has one (the SQS
+        store keeps the order roughly). The delivered job is RUNNING, records
+        ``worker_name`` (Job.worker), and is invisible for the visibility
+        timeout (0 = the store's default). Raises InvalidArgument naming a
+        queue the store does not serve.
 
         Cancellation:
             Safe: a cancelled dequeue has delivered nothing.
@@ -109,15 +117,39 @@ class JobStore(Protocol):
         ...
 
     async def complete_job(self, task_token: str, result: JobResult | None) -> None:
-        """Record the result; the job becomes COMPLETED or FAILED and never runs again."""
+        """Record the result; the job becomes COMPLETED or FAILED and never runs again.
+
+        A job whose cancel was requested becomes CANCELLED whatever the result says.
+        """
         ...
 
-    async def list_jobs(self, queue: str, state: JobState, page: int, page_size: int) -> JobPage:
-        """Jobs newest first, filtered by queue ("" = all) and state (UNSPECIFIED = all)."""
+    async def cancel_job(self, job_id: str, reason: str) -> Job:
+        """Cancel a job and return it as it is after the call.
+
+        A SCHEDULED job becomes CANCELLED at once and is never delivered. A
+        RUNNING job gets ``cancel_requested`` (its worker stops it); it ends
+        CANCELLED when its worker completes it or its delivery runs out, and
+        never runs again. Asking twice changes nothing.
+
+        Raises:
+            NotFound: no such job.
+            FailedPrecondition: the job has already ended (the message names its state).
+        """
+        ...
+
+    async def list_jobs(
+        self, queue: str, state: JobState, page: int, page_size: int, owner: str = ""
+    ) -> JobPage:
+        """Jobs newest first, filtered by queue ("" = all), state (UNSPECIFIED =
+        all) and owner ("" = all). Secrets are included: callers show only
+        ``rules.public_job``."""
         ...
 
     async def get_job(self, job_id: str) -> Job:
-        """Return one job. Raises NotFound."""
+        """Return one job, secrets included (callers show only ``rules.public_job``).
+
+        Raises NotFound.
+        """
         ...
 
     async def publish_events(self, task_token: str, events: Sequence[JobEvent]) -> None:

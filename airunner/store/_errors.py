@@ -24,6 +24,10 @@ class NotFound(StoreError):
     """The job named by the request does not exist."""
 
 
+class FailedPrecondition(StoreError):
+    """The job is not in a state the call applies to (cancelling a job that has ended)."""
+
+
 class ResourceExhausted(StoreError):
     """A limit was hit: backend throttling after retries, or a subscriber that fell behind."""
 

@@ -15,6 +15,7 @@ from airunner.api.job.v1.job_pb import (
     BatchingConfig,
     EventType,
     ExecutionConfig,
+    Job,
     JobEvent,
     JobParams,
     JobResult,
@@ -44,6 +45,12 @@ MAX_ATTEMPTS_LIMIT = 25
 MAX_JOBS_PER_DEQUEUE = 10
 # Far above a UUID, far below DynamoDB's 2 KB limit on a key attribute.
 MAX_REQUEST_ID_LENGTH = 256
+# The longest reason CancelJob takes.
+MAX_CANCEL_REASON_LENGTH = 1024
+# The longest worker name DequeueJob records.
+MAX_WORKER_NAME_LENGTH = 256
+# The metadata key of a job made by RetryJob: the id of the job it retries.
+RETRY_OF_METADATA = "airunner.retry_of"
 # A job item holds its parameters beside its result and bookkeeping, all under
 # DynamoDB's 400 KB item limit.
 MAX_JOB_PARAMS_BYTES = 256 * 1024
@@ -150,9 +157,80 @@ def _check_runnable(params: JobParams) -> None:
             )
         texts[f"environment name {name!r}"] = name
         texts[f"environment[{name!r}]"] = value
+    for name, value in params.secrets.items():
+        if not name or "=" in name:
+            raise InvalidArgument(
+                f"job_params.secrets has the name {name!r}: names are not empty and hold no '='"
+            )
+        if name in params.environment:
+            raise InvalidArgument(
+                f"job_params names {name!r} both in environment and in secrets; keep one"
+            )
+        texts[f"secrets name {name!r}"] = name
+        if "\0" in value:
+            # The value itself is never repeated, not even in an error.
+            raise InvalidArgument(f"job_params.secrets[{name!r}] holds a NUL byte")
     for field, value in texts.items():
         if "\0" in value:
             raise InvalidArgument(f"job_params.{field} holds a NUL byte")
+
+
+def public_job(job: Job) -> Job:
+    """The job as GetJob, ListJobs, CancelJob and RetryJob show it: secrets by name only."""
+    shown = copy.deepcopy(job)
+    if shown.job_params is not None and shown.job_params.secrets:
+        shown.secret_names = sorted(shown.job_params.secrets)
+        shown.job_params.secrets = {}
+    return shown
+
+
+def retry_params(job: Job) -> JobParams:
+    """The parameters of a job that retries ``job``: its own, secrets included,
+    with metadata naming the job it retries."""
+    params = copy.deepcopy(job.job_params) if job.job_params is not None else JobParams()
+    params.metadata[RETRY_OF_METADATA] = job.job_id
+    return params
+
+
+def check_job_id(job_id: str) -> str:
+    if not job_id:
+        raise InvalidArgument("job_id is required")
+    return job_id
+
+
+def check_worker_name(name: str) -> str:
+    """A worker's name as DequeueJob records it on the jobs it takes."""
+    if len(name) > MAX_WORKER_NAME_LENGTH:
+        raise InvalidArgument(f"worker_name is longer than {MAX_WORKER_NAME_LENGTH} characters")
+    if "\0" in name:
+        raise InvalidArgument("worker_name holds a NUL byte")
+    return name
+
+
+def check_cancel_reason(reason: str) -> str:
+    """A CancelJob reason, as it is stored and shown."""
+    if len(reason) > MAX_CANCEL_REASON_LENGTH:
+        raise InvalidArgument(f"reason is longer than {MAX_CANCEL_REASON_LENGTH} characters")
+    if "\0" in reason:
+        raise InvalidArgument("reason holds a NUL byte")
+    return reason
+
+
+def cancelled_text(reason: str) -> str:
+    """Job.failure_reason of a CANCELLED job."""
+    return f"cancelled: {reason}" if reason else "cancelled"
+
+
+def check_queues(queues: Sequence[str], known: Collection[str]) -> list[str]:
+    """The queues a dequeuer serves, in its order, each once; each must be known."""
+    if not queues or not any(queues):
+        raise InvalidArgument("queue is required")
+    ordered: list[str] = []
+    for queue in queues:
+        check_queue(queue, known)
+        if queue not in ordered:
+            ordered.append(queue)
+    return ordered
 
 
 def attempt_limit(params: JobParams | None, default: int) -> int:

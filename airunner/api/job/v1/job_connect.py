@@ -19,7 +19,7 @@ from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DE
 from protobuf import DescService
 
 from . import job_pb
-from .job_pb import CompleteJobRequest, CompleteJobResponse, DequeueJobRequest, DequeueJobResponse, EnqueueJobRequest, EnqueueJobResponse, ListJobsRequest, ListJobsResponse, PublishJobEventsRequest, PublishJobEventsResponse, StreamJobEventsRequest, StreamJobEventsResponse, UpdateJobRequest, UpdateJobResponse
+from .job_pb import CancelJobRequest, CancelJobResponse, CompleteJobRequest, CompleteJobResponse, DequeueJobRequest, DequeueJobResponse, EnqueueJobRequest, EnqueueJobResponse, GetJobRequest, GetJobResponse, ListJobsRequest, ListJobsResponse, PublishJobEventsRequest, PublishJobEventsResponse, RetryJobRequest, RetryJobResponse, StreamJobEventsRequest, StreamJobEventsResponse, UpdateJobRequest, UpdateJobResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
@@ -60,7 +60,29 @@ class JobService(Protocol):
 
     async def list_jobs(self, request: ListJobsRequest, ctx: RequestContext[ListJobsRequest, ListJobsResponse], /) -> ListJobsResponse:
         """
-        Newest first, filtered by queue and state, 1-based pages.
+        Newest first, filtered by queue, state and owner, 1-based pages.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def get_job(self, request: GetJobRequest, ctx: RequestContext[GetJobRequest, GetJobResponse], /) -> GetJobResponse:
+        """
+        One job. NOT_FOUND if there is no such job (or it is no longer kept).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def cancel_job(self, request: CancelJobRequest, ctx: RequestContext[CancelJobRequest, CancelJobResponse], /) -> CancelJobResponse:
+        """
+        A SCHEDULED job becomes CANCELLED at once and is never delivered. A
+        RUNNING job is marked (Job.cancel_requested); its worker stops the
+        process and the job ends CANCELLED, whatever its CompleteJob says.
+        FAILED_PRECONDITION for a job that has already ended.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def retry_job(self, request: RetryJobRequest, ctx: RequestContext[RetryJobRequest, RetryJobResponse], /) -> RetryJobResponse:
+        """
+        Enqueue a new job with the parameters (secrets included) of an earlier
+        one, on its queue; the new job's metadata names the earlier job.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -136,6 +158,39 @@ class JobServiceASGIApplication(ConnectASGIApplication[JobService]):
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.list_jobs,
+                ),
+                "/job.v1.JobService/GetJob": Endpoint.unary(
+                    method=MethodInfo(
+                        name="GetJob",
+                        service_name="job.v1.JobService",
+                        input=GetJobRequest,
+                        output=GetJobResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.get_job,
+                ),
+                "/job.v1.JobService/CancelJob": Endpoint.unary(
+                    method=MethodInfo(
+                        name="CancelJob",
+                        service_name="job.v1.JobService",
+                        input=CancelJobRequest,
+                        output=CancelJobResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.cancel_job,
+                ),
+                "/job.v1.JobService/RetryJob": Endpoint.unary(
+                    method=MethodInfo(
+                        name="RetryJob",
+                        service_name="job.v1.JobService",
+                        input=RetryJobRequest,
+                        output=RetryJobResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.retry_job,
                 ),
             },
             interceptors=interceptors,
@@ -254,7 +309,7 @@ class JobServiceClient(ConnectClient):
         timeout_ms: int | None = None,
     ) -> ListJobsResponse:
         """
-        Newest first, filtered by queue and state, 1-based pages.
+        Newest first, filtered by queue, state and owner, 1-based pages.
         """
         return await self.execute_unary(
             request=request,
@@ -263,6 +318,79 @@ class JobServiceClient(ConnectClient):
                 service_name="job.v1.JobService",
                 input=ListJobsRequest,
                 output=ListJobsResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def get_job(
+        self,
+        request: GetJobRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> GetJobResponse:
+        """
+        One job. NOT_FOUND if there is no such job (or it is no longer kept).
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetJob",
+                service_name="job.v1.JobService",
+                input=GetJobRequest,
+                output=GetJobResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def cancel_job(
+        self,
+        request: CancelJobRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> CancelJobResponse:
+        """
+        A SCHEDULED job becomes CANCELLED at once and is never delivered. A
+        RUNNING job is marked (Job.cancel_requested); its worker stops the
+        process and the job ends CANCELLED, whatever its CompleteJob says.
+        FAILED_PRECONDITION for a job that has already ended.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="CancelJob",
+                service_name="job.v1.JobService",
+                input=CancelJobRequest,
+                output=CancelJobResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def retry_job(
+        self,
+        request: RetryJobRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> RetryJobResponse:
+        """
+        Enqueue a new job with the parameters (secrets included) of an earlier
+        one, on its queue; the new job's metadata names the earlier job.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="RetryJob",
+                service_name="job.v1.JobService",
+                input=RetryJobRequest,
+                output=RetryJobResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.UNARY,
             ),
@@ -300,7 +428,29 @@ class JobServiceSync(Protocol):
 
     def list_jobs(self, request: ListJobsRequest, ctx: RequestContext[ListJobsRequest, ListJobsResponse], /) -> ListJobsResponse:
         """
-        Newest first, filtered by queue and state, 1-based pages.
+        Newest first, filtered by queue, state and owner, 1-based pages.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def get_job(self, request: GetJobRequest, ctx: RequestContext[GetJobRequest, GetJobResponse], /) -> GetJobResponse:
+        """
+        One job. NOT_FOUND if there is no such job (or it is no longer kept).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def cancel_job(self, request: CancelJobRequest, ctx: RequestContext[CancelJobRequest, CancelJobResponse], /) -> CancelJobResponse:
+        """
+        A SCHEDULED job becomes CANCELLED at once and is never delivered. A
+        RUNNING job is marked (Job.cancel_requested); its worker stops the
+        process and the job ends CANCELLED, whatever its CompleteJob says.
+        FAILED_PRECONDITION for a job that has already ended.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def retry_job(self, request: RetryJobRequest, ctx: RequestContext[RetryJobRequest, RetryJobResponse], /) -> RetryJobResponse:
+        """
+        Enqueue a new job with the parameters (secrets included) of an earlier
+        one, on its queue; the new job's metadata names the earlier job.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -374,6 +524,39 @@ class JobServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.UNARY,
                     ),
                     function=service.list_jobs,
+                ),
+                "/job.v1.JobService/GetJob": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="GetJob",
+                        service_name="job.v1.JobService",
+                        input=GetJobRequest,
+                        output=GetJobResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.get_job,
+                ),
+                "/job.v1.JobService/CancelJob": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="CancelJob",
+                        service_name="job.v1.JobService",
+                        input=CancelJobRequest,
+                        output=CancelJobResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.cancel_job,
+                ),
+                "/job.v1.JobService/RetryJob": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="RetryJob",
+                        service_name="job.v1.JobService",
+                        input=RetryJobRequest,
+                        output=RetryJobResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.retry_job,
                 ),
             },
             interceptors=interceptors,
@@ -492,7 +675,7 @@ class JobServiceClientSync(ConnectClientSync):
         timeout_ms: int | None = None,
     ) -> ListJobsResponse:
         """
-        Newest first, filtered by queue and state, 1-based pages.
+        Newest first, filtered by queue, state and owner, 1-based pages.
         """
         return self.execute_unary(
             request=request,
@@ -501,6 +684,79 @@ class JobServiceClientSync(ConnectClientSync):
                 service_name="job.v1.JobService",
                 input=ListJobsRequest,
                 output=ListJobsResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def get_job(
+        self,
+        request: GetJobRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> GetJobResponse:
+        """
+        One job. NOT_FOUND if there is no such job (or it is no longer kept).
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetJob",
+                service_name="job.v1.JobService",
+                input=GetJobRequest,
+                output=GetJobResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def cancel_job(
+        self,
+        request: CancelJobRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> CancelJobResponse:
+        """
+        A SCHEDULED job becomes CANCELLED at once and is never delivered. A
+        RUNNING job is marked (Job.cancel_requested); its worker stops the
+        process and the job ends CANCELLED, whatever its CompleteJob says.
+        FAILED_PRECONDITION for a job that has already ended.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="CancelJob",
+                service_name="job.v1.JobService",
+                input=CancelJobRequest,
+                output=CancelJobResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def retry_job(
+        self,
+        request: RetryJobRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> RetryJobResponse:
+        """
+        Enqueue a new job with the parameters (secrets included) of an earlier
+        one, on its queue; the new job's metadata names the earlier job.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="RetryJob",
+                service_name="job.v1.JobService",
+                input=RetryJobRequest,
+                output=RetryJobResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.UNARY,
             ),

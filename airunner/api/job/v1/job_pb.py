@@ -722,7 +722,7 @@ class EnqueueJobResponse(Message[_EnqueueJobResponseFields]):
         created_at: Timestamp | None
         state: JobState
 
-_DequeueJobRequestFields: TypeAlias = Literal["queue", "max_jobs", "visibility_timeout_seconds"]
+_DequeueJobRequestFields: TypeAlias = Literal["queue", "max_jobs", "visibility_timeout_seconds", "worker_name", "more_queues"]
 
 class DequeueJobRequest(Message[_DequeueJobRequestFields]):
     """
@@ -747,9 +747,23 @@ class DequeueJobRequest(Message[_DequeueJobRequestFields]):
             ```proto
             int32 visibility_timeout_seconds = 3;
             ```
+        worker_name:
+            The worker's name, recorded on the jobs it is given (Job.worker).
+
+            ```proto
+            string worker_name = 4;
+            ```
+        more_queues:
+            More queues to serve, after `queue`: a job is taken from the first of
+            them that has one (in SQS mode, roughly: jobs arriving on several at
+            once may come in either order).
+
+            ```proto
+            repeated string more_queues = 5;
+            ```
     """
 
-    __slots__ = ("queue", "max_jobs", "visibility_timeout_seconds")
+    __slots__ = ("queue", "max_jobs", "visibility_timeout_seconds", "worker_name", "more_queues")
 
     if TYPE_CHECKING:
 
@@ -759,12 +773,16 @@ class DequeueJobRequest(Message[_DequeueJobRequestFields]):
             queue: str = "",
             max_jobs: int = 0,
             visibility_timeout_seconds: int = 0,
+            worker_name: str = "",
+            more_queues: list[str] | None = None,
         ) -> None:
             pass
 
         queue: str
         max_jobs: int
         visibility_timeout_seconds: int
+        worker_name: str
+        more_queues: list[str]
 
 _DequeueJobResponseFields: TypeAlias = Literal["job", "task_token"]
 
@@ -860,7 +878,7 @@ class UpdateJobResponse(Message[_UpdateJobResponseFields]):
         ) -> None:
             pass
 
-_ListJobsRequestFields: TypeAlias = Literal["queue", "state", "page", "page_size"]
+_ListJobsRequestFields: TypeAlias = Literal["queue", "state", "page", "page_size", "owner"]
 
 class ListJobsRequest(Message[_ListJobsRequestFields]):
     """
@@ -891,9 +909,15 @@ class ListJobsRequest(Message[_ListJobsRequestFields]):
             ```proto
             int32 page_size = 4;
             ```
+        owner:
+            Only jobs whose JobParams.owner is this; empty lists every owner.
+
+            ```proto
+            string owner = 5;
+            ```
     """
 
-    __slots__ = ("queue", "state", "page", "page_size")
+    __slots__ = ("queue", "state", "page", "page_size", "owner")
 
     if TYPE_CHECKING:
 
@@ -904,6 +928,7 @@ class ListJobsRequest(Message[_ListJobsRequestFields]):
             state: JobState | None = None,
             page: int = 0,
             page_size: int = 0,
+            owner: str = "",
         ) -> None:
             pass
 
@@ -911,6 +936,7 @@ class ListJobsRequest(Message[_ListJobsRequestFields]):
         state: JobState
         page: int
         page_size: int
+        owner: str
 
 _ListJobsResponseFields: TypeAlias = Literal["jobs", "last_page"]
 
@@ -1043,7 +1069,7 @@ class JobParams(Message[_JobParamsFields]):
         working_directory: str
         max_attempts: int
 
-_JobFields: TypeAlias = Literal["job_id", "job_params", "state", "created_at", "updated_at", "execution_config"]
+_JobFields: TypeAlias = Literal["job_id", "job_params", "state", "created_at", "updated_at", "execution_config", "queue", "attempt", "worker", "started_at", "finished_at", "exit_code", "failure_reason", "secret_names", "cancel_requested", "cancel_reason", "timed_out"]
 
 class Job(Message[_JobFields]):
     """
@@ -1076,9 +1102,74 @@ class Job(Message[_JobFields]):
             ```proto
             optional job.v1.ExecutionConfig execution_config = 6;
             ```
+        queue:
+            The queue the job was submitted to.
+
+            ```proto
+            string queue = 7;
+            ```
+        attempt:
+            Deliveries a worker took up so far (0 while it waits for its first).
+
+            ```proto
+            int32 attempt = 8;
+            ```
+        worker:
+            The name of the worker that runs or last ran the job.
+
+            ```proto
+            string worker = 9;
+            ```
+        started_at:
+            When its last run began, and when the job ended (unset until then).
+
+            ```proto
+            optional google.protobuf.Timestamp started_at = 10;
+            ```
+        finished_at:
+            ```proto
+            optional google.protobuf.Timestamp finished_at = 11;
+            ```
+        exit_code:
+            The exit code of its process, once it has ended with one.
+
+            ```proto
+            optional int32 exit_code = 12;
+            ```
+        failure_reason:
+            Why the job FAILED or was CANCELLED, in words; empty otherwise.
+
+            ```proto
+            string failure_reason = 13;
+            ```
+        secret_names:
+            The names of JobParams.secrets (whose values are never returned).
+
+            ```proto
+            repeated string secret_names = 14;
+            ```
+        cancel_requested:
+            CancelJob was called; a RUNNING job ends CANCELLED once its worker has
+            stopped it (or its delivery runs out).
+
+            ```proto
+            bool cancel_requested = 15;
+            ```
+        cancel_reason:
+            The reason given to CancelJob.
+
+            ```proto
+            string cancel_reason = 16;
+            ```
+        timed_out:
+            The job FAILED because it ran past its timeout_seconds.
+
+            ```proto
+            bool timed_out = 17;
+            ```
     """
 
-    __slots__ = ("job_id", "job_params", "state", "created_at", "updated_at", "execution_config")
+    __slots__ = ("job_id", "job_params", "state", "created_at", "updated_at", "execution_config", "queue", "attempt", "worker", "started_at", "finished_at", "exit_code", "failure_reason", "secret_names", "cancel_requested", "cancel_reason", "timed_out")
 
     if TYPE_CHECKING:
 
@@ -1091,6 +1182,17 @@ class Job(Message[_JobFields]):
             created_at: Timestamp | None = None,
             updated_at: Timestamp | None = None,
             execution_config: ExecutionConfig | None = None,
+            queue: str = "",
+            attempt: int = 0,
+            worker: str = "",
+            started_at: Timestamp | None = None,
+            finished_at: Timestamp | None = None,
+            exit_code: int | None = None,
+            failure_reason: str = "",
+            secret_names: list[str] | None = None,
+            cancel_requested: bool = False,
+            cancel_reason: str = "",
+            timed_out: bool = False,
         ) -> None:
             pass
 
@@ -1100,6 +1202,203 @@ class Job(Message[_JobFields]):
         created_at: Timestamp | None
         updated_at: Timestamp | None
         execution_config: ExecutionConfig | None
+        queue: str
+        attempt: int
+        worker: str
+        started_at: Timestamp | None
+        finished_at: Timestamp | None
+        exit_code: int
+        failure_reason: str
+        secret_names: list[str]
+        cancel_requested: bool
+        cancel_reason: str
+        timed_out: bool
+
+_GetJobRequestFields: TypeAlias = Literal["job_id"]
+
+class GetJobRequest(Message[_GetJobRequestFields]):
+    """
+    ```proto
+    message job.v1.GetJobRequest
+    ```
+
+    Attributes:
+        job_id:
+            ```proto
+            string job_id = 1;
+            ```
+    """
+
+    __slots__ = ("job_id",)
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            job_id: str = "",
+        ) -> None:
+            pass
+
+        job_id: str
+
+_GetJobResponseFields: TypeAlias = Literal["job"]
+
+class GetJobResponse(Message[_GetJobResponseFields]):
+    """
+    ```proto
+    message job.v1.GetJobResponse
+    ```
+
+    Attributes:
+        job:
+            ```proto
+            optional job.v1.Job job = 1;
+            ```
+    """
+
+    __slots__ = ("job",)
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            job: Job | None = None,
+        ) -> None:
+            pass
+
+        job: Job | None
+
+_CancelJobRequestFields: TypeAlias = Literal["job_id", "reason"]
+
+class CancelJobRequest(Message[_CancelJobRequestFields]):
+    """
+    ```proto
+    message job.v1.CancelJobRequest
+    ```
+
+    Attributes:
+        job_id:
+            ```proto
+            string job_id = 1;
+            ```
+        reason:
+            Recorded on the job (Job.cancel_reason) and in its log.
+
+            ```proto
+            string reason = 2;
+            ```
+    """
+
+    __slots__ = ("job_id", "reason")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            job_id: str = "",
+            reason: str = "",
+        ) -> None:
+            pass
+
+        job_id: str
+        reason: str
+
+_CancelJobResponseFields: TypeAlias = Literal["job"]
+
+class CancelJobResponse(Message[_CancelJobResponseFields]):
+    """
+    ```proto
+    message job.v1.CancelJobResponse
+    ```
+
+    Attributes:
+        job:
+            The job after the call: CANCELLED, or RUNNING with cancel_requested.
+
+            ```proto
+            optional job.v1.Job job = 1;
+            ```
+    """
+
+    __slots__ = ("job",)
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            job: Job | None = None,
+        ) -> None:
+            pass
+
+        job: Job | None
+
+_RetryJobRequestFields: TypeAlias = Literal["job_id", "request_id"]
+
+class RetryJobRequest(Message[_RetryJobRequestFields]):
+    """
+    ```proto
+    message job.v1.RetryJobRequest
+    ```
+
+    Attributes:
+        job_id:
+            ```proto
+            string job_id = 1;
+            ```
+        request_id:
+            Idempotency key, as in EnqueueJobRequest.
+
+            ```proto
+            string request_id = 2;
+            ```
+    """
+
+    __slots__ = ("job_id", "request_id")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            job_id: str = "",
+            request_id: str = "",
+        ) -> None:
+            pass
+
+        job_id: str
+        request_id: str
+
+_RetryJobResponseFields: TypeAlias = Literal["job"]
+
+class RetryJobResponse(Message[_RetryJobResponseFields]):
+    """
+    ```proto
+    message job.v1.RetryJobResponse
+    ```
+
+    Attributes:
+        job:
+            ```proto
+            optional job.v1.Job job = 1;
+            ```
+    """
+
+    __slots__ = ("job",)
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            job: Job | None = None,
+        ) -> None:
+            pass
+
+        job: Job | None
 
 _CompleteJobRequestFields: TypeAlias = Literal["task_token", "job_result"]
 
@@ -1153,7 +1452,7 @@ class CompleteJobResponse(Message[_CompleteJobResponseFields]):
         ) -> None:
             pass
 
-_JobResultFields: TypeAlias = Literal["job_id", "success", "exit_code", "error_message", "started_at", "completed_at"]
+_JobResultFields: TypeAlias = Literal["job_id", "success", "exit_code", "error_message", "started_at", "completed_at", "timed_out"]
 
 class JobResult(Message[_JobResultFields]):
     """
@@ -1186,9 +1485,15 @@ class JobResult(Message[_JobResultFields]):
             ```proto
             optional google.protobuf.Timestamp completed_at = 6;
             ```
+        timed_out:
+            The process was stopped because it ran past the job's timeout_seconds.
+
+            ```proto
+            bool timed_out = 7;
+            ```
     """
 
-    __slots__ = ("job_id", "success", "exit_code", "error_message", "started_at", "completed_at")
+    __slots__ = ("job_id", "success", "exit_code", "error_message", "started_at", "completed_at", "timed_out")
 
     if TYPE_CHECKING:
 
@@ -1201,6 +1506,7 @@ class JobResult(Message[_JobResultFields]):
             error_message: str = "",
             started_at: Timestamp | None = None,
             completed_at: Timestamp | None = None,
+            timed_out: bool = False,
         ) -> None:
             pass
 
@@ -1210,6 +1516,7 @@ class JobResult(Message[_JobResultFields]):
         error_message: str
         started_at: Timestamp | None
         completed_at: Timestamp | None
+        timed_out: bool
 
 class StreamType(Enum):
     """
@@ -1360,7 +1667,7 @@ class JobState(Enum):
 
 
 _DESC = file_desc(
-    b'\n\x10job/v1/job.proto\x12\x06job.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto"\x99\x05\n\x08JobEvent\x12\x1a\n\x08sequence\x18\x01 \x01(\x03R\x08sequence\x128\n\ttimestamp\x18\x02 \x01(\x0b2\x1a.google.protobuf.TimestampR\ttimestamp\x120\n\nevent_type\x18\x03 \x01(\x0e2\x11.job.v1.EventTypeR\teventType\x12@\n\rprocess_start\x18\x04 \x01(\x0b2\x19.job.v1.ProcessStartEventH\x00R\x0cprocessStart\x12:\n\x0bprocess_end\x18\x05 \x01(\x0b2\x17.job.v1.ProcessEndEventH\x00R\nprocessEnd\x12@\n\rprocess_error\x18\x06 \x01(\x0b2\x19.job.v1.ProcessErrorEventH\x00R\x0cprocessError\x126\n\theartbeat\x18\x07 \x01(\x0b2\x16.job.v1.HeartbeatEventH\x00R\theartbeat\x12-\n\x06output\x18\x08 \x01(\x0b2\x13.job.v1.OutputEventH\x00R\x06output\x12F\n\x0fterminal_resize\x18\t \x01(\x0b2\x1b.job.v1.TerminalResizeEventH\x00R\x0eterminalResize\x12=\n\x0coutput_batch\x18\n \x01(\x0b2\x18.job.v1.OutputBatchEventH\x00R\x0boutputBatch\x12I\n\x10output_truncated\x18\x0b \x01(\x0b2\x1c.job.v1.OutputTruncatedEventH\x00R\x0foutputTruncatedB\x0c\n\nevent_data"`\n\x11ProcessStartEvent\x12\x10\n\x03pid\x18\x01 \x01(\x05R\x03pid\x129\n\nstarted_at\x18\x02 \x01(\x0b2\x1a.google.protobuf.TimestampR\tstartedAt"~\n\x0fProcessEndEvent\x12\x10\n\x03pid\x18\x01 \x01(\x05R\x03pid\x12\x1b\n\texit_code\x18\x02 \x01(\x05R\x08exitCode\x12<\n\x0crun_duration\x18\x03 \x01(\x0b2\x19.google.protobuf.DurationR\x0brunDuration"8\n\x11ProcessErrorEvent\x12#\n\rerror_message\x18\x01 \x01(\tR\x0cerrorMessage"s\n\x0eHeartbeatEvent\x12<\n\x0celapsed_time\x18\x01 \x01(\x0b2\x19.google.protobuf.DurationR\x0belapsedTime\x12#\n\rprocess_alive\x18\x02 \x01(\x08R\x0cprocessAlive"\x85\x01\n\x13TerminalResizeEvent\x12\x12\n\x04cols\x18\x01 \x01(\x05R\x04cols\x12\x12\n\x04rows\x18\x02 \x01(\x05R\x04rows\x12!\n\x0cwidth_pixels\x18\x03 \x01(\x05R\x0bwidthPixels\x12#\n\rheight_pixels\x18\x04 \x01(\x05R\x0cheightPixels"%\n\x0bOutputEvent\x12\x16\n\x06output\x18\x01 \x01(\x0cR\x06output"\x87\x01\n\nOutputItem\x12\x16\n\x06output\x18\x01 \x01(\x0cR\x06output\x123\n\x0bstream_type\x18\x02 \x01(\x0e2\x12.job.v1.StreamTypeR\nstreamType\x12,\n\x12timestamp_delta_ms\x18\x03 \x01(\x05R\x10timestampDeltaMs"\xf2\x01\n\x10OutputBatchEvent\x12,\n\x07outputs\x18\x01 \x03(\x0b2\x12.job.v1.OutputItemR\x07outputs\x12%\n\x0estart_sequence\x18\x02 \x01(\x03R\rstartSequence\x12!\n\x0cend_sequence\x18\x03 \x01(\x03R\x0bendSequence\x12,\n\x12first_timestamp_ms\x18\x04 \x01(\x03R\x10firstTimestampMs\x128\n\x18playback_interval_millis\x18\x05 \x01(\x05R\x16playbackIntervalMillis"Z\n\x14OutputTruncatedEvent\x12\x1f\n\x0blimit_bytes\x18\x01 \x01(\x03R\nlimitBytes\x12!\n\x0cstored_bytes\x18\x02 \x01(\x03R\x0bstoredBytes"\xce\x01\n\x0eBatchingConfig\x124\n\x16flush_interval_seconds\x18\x01 \x01(\x05R\x14flushIntervalSeconds\x12$\n\x0emax_batch_size\x18\x02 \x01(\x05R\x0cmaxBatchSize\x12&\n\x0fmax_batch_bytes\x18\x03 \x01(\x03R\rmaxBatchBytes\x128\n\x18playback_interval_millis\x18\x04 \x01(\x05R\x16playbackIntervalMillis"\xc4\x01\n\x0fExecutionConfig\x122\n\x08batching\x18\x01 \x01(\x0b2\x16.job.v1.BatchingConfigR\x08batching\x12<\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x05R\x18heartbeatIntervalSeconds\x12?\n\x1coutput_flush_interval_millis\x18\x03 \x01(\x05R\x19outputFlushIntervalMillis"b\n\x17PublishJobEventsRequest\x12\x1d\n\ntask_token\x18\x01 \x01(\tR\ttaskToken\x12(\n\x06events\x18\x02 \x03(\x0b2\x10.job.v1.JobEventR\x06events"\x1a\n\x18PublishJobEventsResponse"\xb1\x01\n\x16StreamJobEventsRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12#\n\rfrom_sequence\x18\x02 \x01(\x03R\x0cfromSequence\x12%\n\x0efrom_timestamp\x18\x03 \x01(\x03R\rfromTimestamp\x124\n\x0cevent_filter\x18\x04 \x03(\x0e2\x11.job.v1.EventTypeR\x0beventFilter"A\n\x17StreamJobEventsResponse\x12&\n\x05event\x18\x01 \x01(\x0b2\x10.job.v1.JobEventR\x05event"z\n\x11EnqueueJobRequest\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x14\n\x05queue\x18\x02 \x01(\tR\x05queue\x120\n\njob_params\x18\x03 \x01(\x0b2\x11.job.v1.JobParamsR\tjobParams"\x8e\x01\n\x12EnqueueJobResponse\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x129\n\ncreated_at\x18\x02 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x12&\n\x05state\x18\x03 \x01(\x0e2\x10.job.v1.JobStateR\x05state"\x82\x01\n\x11DequeueJobRequest\x12\x14\n\x05queue\x18\x01 \x01(\tR\x05queue\x12\x19\n\x08max_jobs\x18\x02 \x01(\x05R\x07maxJobs\x12<\n\x1avisibility_timeout_seconds\x18\x03 \x01(\x05R\x18visibilityTimeoutSeconds"R\n\x12DequeueJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b2\x0b.job.v1.JobR\x03job\x12\x1d\n\ntask_token\x18\x02 \x01(\tR\ttaskToken"\x85\x01\n\x10UpdateJobRequest\x12\x14\n\x05queue\x18\x01 \x01(\tR\x05queue\x12\x1d\n\ntask_token\x18\x02 \x01(\tR\ttaskToken\x12<\n\x1avisibility_timeout_seconds\x18\x03 \x01(\x05R\x18visibilityTimeoutSeconds"\x13\n\x11UpdateJobResponse"\x80\x01\n\x0fListJobsRequest\x12\x14\n\x05queue\x18\x01 \x01(\tR\x05queue\x12&\n\x05state\x18\x02 \x01(\x0e2\x10.job.v1.JobStateR\x05state\x12\x12\n\x04page\x18\x03 \x01(\x05R\x04page\x12\x1b\n\tpage_size\x18\x04 \x01(\x05R\x08pageSize"P\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b2\x0b.job.v1.JobR\x04jobs\x12\x1b\n\tlast_page\x18\x02 \x01(\x05R\x08lastPage"\xd0\x04\n\tJobParams\x12\x1e\n\nrepository\x18\x01 \x01(\tR\nrepository\x12\x16\n\x06commit\x18\x02 \x01(\tR\x06commit\x12\x16\n\x06branch\x18\x03 \x01(\tR\x06branch\x12D\n\x0benvironment\x18\x04 \x03(\x0b2".job.v1.JobParams.EnvironmentEntryR\x0benvironment\x12;\n\x08metadata\x18\x05 \x03(\x0b2\x1f.job.v1.JobParams.MetadataEntryR\x08metadata\x12\x14\n\x05owner\x18\x06 \x01(\tR\x05owner\x12\x18\n\x07command\x18\x07 \x01(\tR\x07command\x12\x12\n\x04args\x18\x08 \x03(\tR\x04args\x126\n\x0cprocess_type\x18\t \x01(\x0e2\x13.job.v1.ProcessTypeR\x0bprocessType\x12\'\n\x0ftimeout_seconds\x18\n \x01(\x05R\x0etimeoutSeconds\x12+\n\x11working_directory\x18\x0b \x01(\tR\x10workingDirectory\x12!\n\x0cmax_attempts\x18\x0c \x01(\x05R\x0bmaxAttempts\x1a>\n\x10EnvironmentEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01"\xb0\x02\n\x03Job\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x120\n\njob_params\x18\x02 \x01(\x0b2\x11.job.v1.JobParamsR\tjobParams\x12&\n\x05state\x18\x03 \x01(\x0e2\x10.job.v1.JobStateR\x05state\x129\n\ncreated_at\x18\x04 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\nupdated_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\tupdatedAt\x12B\n\x10execution_config\x18\x06 \x01(\x0b2\x17.job.v1.ExecutionConfigR\x0fexecutionConfig"e\n\x12CompleteJobRequest\x12\x1d\n\ntask_token\x18\x01 \x01(\tR\ttaskToken\x120\n\njob_result\x18\x02 \x01(\x0b2\x11.job.v1.JobResultR\tjobResult"\x15\n\x13CompleteJobResponse"\xf8\x01\n\tJobResult\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n\x07success\x18\x02 \x01(\x08R\x07success\x12\x1b\n\texit_code\x18\x03 \x01(\x05R\x08exitCode\x12#\n\rerror_message\x18\x04 \x01(\tR\x0cerrorMessage\x129\n\nstarted_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\tstartedAt\x12=\n\x0ccompleted_at\x18\x06 \x01(\x0b2\x1a.google.protobuf.TimestampR\x0bcompletedAt*Y\n\nStreamType\x12\x1b\n\x17STREAM_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12STREAM_TYPE_STDOUT\x10\x01\x12\x16\n\x12STREAM_TYPE_STDERR\x10\x02*\x8e\x02\n\tEventType\x12\x1a\n\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18EVENT_TYPE_PROCESS_START\x10\x01\x12\x1a\n\x16EVENT_TYPE_PROCESS_END\x10\x02\x12\x1c\n\x18EVENT_TYPE_PROCESS_ERROR\x10\x03\x12\x18\n\x14EVENT_TYPE_HEARTBEAT\x10\x04\x12\x15\n\x11EVENT_TYPE_OUTPUT\x10\x05\x12\x1e\n\x1aEVENT_TYPE_TERMINAL_RESIZE\x10\x06\x12\x1b\n\x17EVENT_TYPE_OUTPUT_BATCH\x10\x07\x12\x1f\n\x1bEVENT_TYPE_OUTPUT_TRUNCATED\x10\x08*X\n\x0bProcessType\x12\x1c\n\x18PROCESS_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11PROCESS_TYPE_PIPE\x10\x01\x12\x14\n\x10PROCESS_TYPE_PTY\x10\x02*\x9d\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13JOB_STATE_SCHEDULED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_COMPLETED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x052\xe1\x02\n\nJobService\x12C\n\nEnqueueJob\x12\x19.job.v1.EnqueueJobRequest\x1a\x1a.job.v1.EnqueueJobResponse\x12E\n\nDequeueJob\x12\x19.job.v1.DequeueJobRequest\x1a\x1a.job.v1.DequeueJobResponse0\x01\x12@\n\tUpdateJob\x12\x18.job.v1.UpdateJobRequest\x1a\x19.job.v1.UpdateJobResponse\x12F\n\x0bCompleteJob\x12\x1a.job.v1.CompleteJobRequest\x1a\x1b.job.v1.CompleteJobResponse\x12=\n\x08ListJobs\x12\x17.job.v1.ListJobsRequest\x1a\x18.job.v1.ListJobsResponse2\xc1\x01\n\x10JobEventsService\x12T\n\x0fStreamJobEvents\x12\x1e.job.v1.StreamJobEventsRequest\x1a\x1f.job.v1.StreamJobEventsResponse0\x01\x12W\n\x10PublishJobEvents\x12\x1f.job.v1.PublishJobEventsRequest\x1a .job.v1.PublishJobEventsResponse(\x01b\x06proto3',
+    b'\n\x10job/v1/job.proto\x12\x06job.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto"\x99\x05\n\x08JobEvent\x12\x1a\n\x08sequence\x18\x01 \x01(\x03R\x08sequence\x128\n\ttimestamp\x18\x02 \x01(\x0b2\x1a.google.protobuf.TimestampR\ttimestamp\x120\n\nevent_type\x18\x03 \x01(\x0e2\x11.job.v1.EventTypeR\teventType\x12@\n\rprocess_start\x18\x04 \x01(\x0b2\x19.job.v1.ProcessStartEventH\x00R\x0cprocessStart\x12:\n\x0bprocess_end\x18\x05 \x01(\x0b2\x17.job.v1.ProcessEndEventH\x00R\nprocessEnd\x12@\n\rprocess_error\x18\x06 \x01(\x0b2\x19.job.v1.ProcessErrorEventH\x00R\x0cprocessError\x126\n\theartbeat\x18\x07 \x01(\x0b2\x16.job.v1.HeartbeatEventH\x00R\theartbeat\x12-\n\x06output\x18\x08 \x01(\x0b2\x13.job.v1.OutputEventH\x00R\x06output\x12F\n\x0fterminal_resize\x18\t \x01(\x0b2\x1b.job.v1.TerminalResizeEventH\x00R\x0eterminalResize\x12=\n\x0coutput_batch\x18\n \x01(\x0b2\x18.job.v1.OutputBatchEventH\x00R\x0boutputBatch\x12I\n\x10output_truncated\x18\x0b \x01(\x0b2\x1c.job.v1.OutputTruncatedEventH\x00R\x0foutputTruncatedB\x0c\n\nevent_data"`\n\x11ProcessStartEvent\x12\x10\n\x03pid\x18\x01 \x01(\x05R\x03pid\x129\n\nstarted_at\x18\x02 \x01(\x0b2\x1a.google.protobuf.TimestampR\tstartedAt"~\n\x0fProcessEndEvent\x12\x10\n\x03pid\x18\x01 \x01(\x05R\x03pid\x12\x1b\n\texit_code\x18\x02 \x01(\x05R\x08exitCode\x12<\n\x0crun_duration\x18\x03 \x01(\x0b2\x19.google.protobuf.DurationR\x0brunDuration"8\n\x11ProcessErrorEvent\x12#\n\rerror_message\x18\x01 \x01(\tR\x0cerrorMessage"s\n\x0eHeartbeatEvent\x12<\n\x0celapsed_time\x18\x01 \x01(\x0b2\x19.google.protobuf.DurationR\x0belapsedTime\x12#\n\rprocess_alive\x18\x02 \x01(\x08R\x0cprocessAlive"\x85\x01\n\x13TerminalResizeEvent\x12\x12\n\x04cols\x18\x01 \x01(\x05R\x04cols\x12\x12\n\x04rows\x18\x02 \x01(\x05R\x04rows\x12!\n\x0cwidth_pixels\x18\x03 \x01(\x05R\x0bwidthPixels\x12#\n\rheight_pixels\x18\x04 \x01(\x05R\x0cheightPixels"%\n\x0bOutputEvent\x12\x16\n\x06output\x18\x01 \x01(\x0cR\x06output"\x87\x01\n\nOutputItem\x12\x16\n\x06output\x18\x01 \x01(\x0cR\x06output\x123\n\x0bstream_type\x18\x02 \x01(\x0e2\x12.job.v1.StreamTypeR\nstreamType\x12,\n\x12timestamp_delta_ms\x18\x03 \x01(\x05R\x10timestampDeltaMs"\xf2\x01\n\x10OutputBatchEvent\x12,\n\x07outputs\x18\x01 \x03(\x0b2\x12.job.v1.OutputItemR\x07outputs\x12%\n\x0estart_sequence\x18\x02 \x01(\x03R\rstartSequence\x12!\n\x0cend_sequence\x18\x03 \x01(\x03R\x0bendSequence\x12,\n\x12first_timestamp_ms\x18\x04 \x01(\x03R\x10firstTimestampMs\x128\n\x18playback_interval_millis\x18\x05 \x01(\x05R\x16playbackIntervalMillis"Z\n\x14OutputTruncatedEvent\x12\x1f\n\x0blimit_bytes\x18\x01 \x01(\x03R\nlimitBytes\x12!\n\x0cstored_bytes\x18\x02 \x01(\x03R\x0bstoredBytes"\xce\x01\n\x0eBatchingConfig\x124\n\x16flush_interval_seconds\x18\x01 \x01(\x05R\x14flushIntervalSeconds\x12$\n\x0emax_batch_size\x18\x02 \x01(\x05R\x0cmaxBatchSize\x12&\n\x0fmax_batch_bytes\x18\x03 \x01(\x03R\rmaxBatchBytes\x128\n\x18playback_interval_millis\x18\x04 \x01(\x05R\x16playbackIntervalMillis"\xc4\x01\n\x0fExecutionConfig\x122\n\x08batching\x18\x01 \x01(\x0b2\x16.job.v1.BatchingConfigR\x08batching\x12<\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x05R\x18heartbeatIntervalSeconds\x12?\n\x1coutput_flush_interval_millis\x18\x03 \x01(\x05R\x19outputFlushIntervalMillis"b\n\x17PublishJobEventsRequest\x12\x1d\n\ntask_token\x18\x01 \x01(\tR\ttaskToken\x12(\n\x06events\x18\x02 \x03(\x0b2\x10.job.v1.JobEventR\x06events"\x1a\n\x18PublishJobEventsResponse"\xb1\x01\n\x16StreamJobEventsRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12#\n\rfrom_sequence\x18\x02 \x01(\x03R\x0cfromSequence\x12%\n\x0efrom_timestamp\x18\x03 \x01(\x03R\rfromTimestamp\x124\n\x0cevent_filter\x18\x04 \x03(\x0e2\x11.job.v1.EventTypeR\x0beventFilter"A\n\x17StreamJobEventsResponse\x12&\n\x05event\x18\x01 \x01(\x0b2\x10.job.v1.JobEventR\x05event"z\n\x11EnqueueJobRequest\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x14\n\x05queue\x18\x02 \x01(\tR\x05queue\x120\n\njob_params\x18\x03 \x01(\x0b2\x11.job.v1.JobParamsR\tjobParams"\x8e\x01\n\x12EnqueueJobResponse\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x129\n\ncreated_at\x18\x02 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x12&\n\x05state\x18\x03 \x01(\x0e2\x10.job.v1.JobStateR\x05state"\xc4\x01\n\x11DequeueJobRequest\x12\x14\n\x05queue\x18\x01 \x01(\tR\x05queue\x12\x19\n\x08max_jobs\x18\x02 \x01(\x05R\x07maxJobs\x12<\n\x1avisibility_timeout_seconds\x18\x03 \x01(\x05R\x18visibilityTimeoutSeconds\x12\x1f\n\x0bworker_name\x18\x04 \x01(\tR\nworkerName\x12\x1f\n\x0bmore_queues\x18\x05 \x03(\tR\nmoreQueues"R\n\x12DequeueJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b2\x0b.job.v1.JobR\x03job\x12\x1d\n\ntask_token\x18\x02 \x01(\tR\ttaskToken"\x85\x01\n\x10UpdateJobRequest\x12\x14\n\x05queue\x18\x01 \x01(\tR\x05queue\x12\x1d\n\ntask_token\x18\x02 \x01(\tR\ttaskToken\x12<\n\x1avisibility_timeout_seconds\x18\x03 \x01(\x05R\x18visibilityTimeoutSeconds"\x13\n\x11UpdateJobResponse"\x96\x01\n\x0fListJobsRequest\x12\x14\n\x05queue\x18\x01 \x01(\tR\x05queue\x12&\n\x05state\x18\x02 \x01(\x0e2\x10.job.v1.JobStateR\x05state\x12\x12\n\x04page\x18\x03 \x01(\x05R\x04page\x12\x1b\n\tpage_size\x18\x04 \x01(\x05R\x08pageSize\x12\x14\n\x05owner\x18\x05 \x01(\tR\x05owner"P\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b2\x0b.job.v1.JobR\x04jobs\x12\x1b\n\tlast_page\x18\x02 \x01(\x05R\x08lastPage"\xd0\x04\n\tJobParams\x12\x1e\n\nrepository\x18\x01 \x01(\tR\nrepository\x12\x16\n\x06commit\x18\x02 \x01(\tR\x06commit\x12\x16\n\x06branch\x18\x03 \x01(\tR\x06branch\x12D\n\x0benvironment\x18\x04 \x03(\x0b2".job.v1.JobParams.EnvironmentEntryR\x0benvironment\x12;\n\x08metadata\x18\x05 \x03(\x0b2\x1f.job.v1.JobParams.MetadataEntryR\x08metadata\x12\x14\n\x05owner\x18\x06 \x01(\tR\x05owner\x12\x18\n\x07command\x18\x07 \x01(\tR\x07command\x12\x12\n\x04args\x18\x08 \x03(\tR\x04args\x126\n\x0cprocess_type\x18\t \x01(\x0e2\x13.job.v1.ProcessTypeR\x0bprocessType\x12\'\n\x0ftimeout_seconds\x18\n \x01(\x05R\x0etimeoutSeconds\x12+\n\x11working_directory\x18\x0b \x01(\tR\x10workingDirectory\x12!\n\x0cmax_attempts\x18\x0c \x01(\x05R\x0bmaxAttempts\x1a>\n\x10EnvironmentEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01"\xd7\x05\n\x03Job\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x120\n\njob_params\x18\x02 \x01(\x0b2\x11.job.v1.JobParamsR\tjobParams\x12&\n\x05state\x18\x03 \x01(\x0e2\x10.job.v1.JobStateR\x05state\x129\n\ncreated_at\x18\x04 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\nupdated_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\tupdatedAt\x12B\n\x10execution_config\x18\x06 \x01(\x0b2\x17.job.v1.ExecutionConfigR\x0fexecutionConfig\x12\x14\n\x05queue\x18\x07 \x01(\tR\x05queue\x12\x18\n\x07attempt\x18\x08 \x01(\x05R\x07attempt\x12\x16\n\x06worker\x18\t \x01(\tR\x06worker\x129\n\nstarted_at\x18\n \x01(\x0b2\x1a.google.protobuf.TimestampR\tstartedAt\x12;\n\x0bfinished_at\x18\x0b \x01(\x0b2\x1a.google.protobuf.TimestampR\nfinishedAt\x12 \n\texit_code\x18\x0c \x01(\x05H\x00R\x08exitCode\x88\x01\x01\x12%\n\x0efailure_reason\x18\r \x01(\tR\rfailureReason\x12!\n\x0csecret_names\x18\x0e \x03(\tR\x0bsecretNames\x12)\n\x10cancel_requested\x18\x0f \x01(\x08R\x0fcancelRequested\x12#\n\rcancel_reason\x18\x10 \x01(\tR\x0ccancelReason\x12\x1b\n\ttimed_out\x18\x11 \x01(\x08R\x08timedOutB\x0c\n\n_exit_code"&\n\rGetJobRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId"/\n\x0eGetJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b2\x0b.job.v1.JobR\x03job"A\n\x10CancelJobRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason"2\n\x11CancelJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b2\x0b.job.v1.JobR\x03job"G\n\x0fRetryJobRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1d\n\nrequest_id\x18\x02 \x01(\tR\trequestId"1\n\x10RetryJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b2\x0b.job.v1.JobR\x03job"e\n\x12CompleteJobRequest\x12\x1d\n\ntask_token\x18\x01 \x01(\tR\ttaskToken\x120\n\njob_result\x18\x02 \x01(\x0b2\x11.job.v1.JobResultR\tjobResult"\x15\n\x13CompleteJobResponse"\x95\x02\n\tJobResult\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n\x07success\x18\x02 \x01(\x08R\x07success\x12\x1b\n\texit_code\x18\x03 \x01(\x05R\x08exitCode\x12#\n\rerror_message\x18\x04 \x01(\tR\x0cerrorMessage\x129\n\nstarted_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\tstartedAt\x12=\n\x0ccompleted_at\x18\x06 \x01(\x0b2\x1a.google.protobuf.TimestampR\x0bcompletedAt\x12\x1b\n\ttimed_out\x18\x07 \x01(\x08R\x08timedOut*Y\n\nStreamType\x12\x1b\n\x17STREAM_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12STREAM_TYPE_STDOUT\x10\x01\x12\x16\n\x12STREAM_TYPE_STDERR\x10\x02*\x8e\x02\n\tEventType\x12\x1a\n\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18EVENT_TYPE_PROCESS_START\x10\x01\x12\x1a\n\x16EVENT_TYPE_PROCESS_END\x10\x02\x12\x1c\n\x18EVENT_TYPE_PROCESS_ERROR\x10\x03\x12\x18\n\x14EVENT_TYPE_HEARTBEAT\x10\x04\x12\x15\n\x11EVENT_TYPE_OUTPUT\x10\x05\x12\x1e\n\x1aEVENT_TYPE_TERMINAL_RESIZE\x10\x06\x12\x1b\n\x17EVENT_TYPE_OUTPUT_BATCH\x10\x07\x12\x1f\n\x1bEVENT_TYPE_OUTPUT_TRUNCATED\x10\x08*X\n\x0bProcessType\x12\x1c\n\x18PROCESS_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11PROCESS_TYPE_PIPE\x10\x01\x12\x14\n\x10PROCESS_TYPE_PTY\x10\x02*\x9d\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13JOB_STATE_SCHEDULED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_COMPLETED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x052\x9b\x04\n\nJobService\x12C\n\nEnqueueJob\x12\x19.job.v1.EnqueueJobRequest\x1a\x1a.job.v1.EnqueueJobResponse\x12E\n\nDequeueJob\x12\x19.job.v1.DequeueJobRequest\x1a\x1a.job.v1.DequeueJobResponse0\x01\x12@\n\tUpdateJob\x12\x18.job.v1.UpdateJobRequest\x1a\x19.job.v1.UpdateJobResponse\x12F\n\x0bCompleteJob\x12\x1a.job.v1.CompleteJobRequest\x1a\x1b.job.v1.CompleteJobResponse\x12=\n\x08ListJobs\x12\x17.job.v1.ListJobsRequest\x1a\x18.job.v1.ListJobsResponse\x127\n\x06GetJob\x12\x15.job.v1.GetJobRequest\x1a\x16.job.v1.GetJobResponse\x12@\n\tCancelJob\x12\x18.job.v1.CancelJobRequest\x1a\x19.job.v1.CancelJobResponse\x12=\n\x08RetryJob\x12\x17.job.v1.RetryJobRequest\x1a\x18.job.v1.RetryJobResponse2\xc1\x01\n\x10JobEventsService\x12T\n\x0fStreamJobEvents\x12\x1e.job.v1.StreamJobEventsRequest\x1a\x1f.job.v1.StreamJobEventsResponse0\x01\x12W\n\x10PublishJobEvents\x12\x1f.job.v1.PublishJobEventsRequest\x1a .job.v1.PublishJobEventsResponse(\x01b\x06proto3',
     [
         duration_pb.desc(),
         timestamp_pb.desc(),
@@ -1392,6 +1699,12 @@ _DESC = file_desc(
         "ListJobsResponse": ListJobsResponse,
         "JobParams": JobParams,
         "Job": Job,
+        "GetJobRequest": GetJobRequest,
+        "GetJobResponse": GetJobResponse,
+        "CancelJobRequest": CancelJobRequest,
+        "CancelJobResponse": CancelJobResponse,
+        "RetryJobRequest": RetryJobRequest,
+        "RetryJobResponse": RetryJobResponse,
         "CompleteJobRequest": CompleteJobRequest,
         "CompleteJobResponse": CompleteJobResponse,
         "JobResult": JobResult,
