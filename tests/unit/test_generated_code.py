@@ -41,3 +41,8 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
 
 def test_schema_passes_buf_lint() -> None:
     _buf("lint")
+
+
+def test_schema_keeps_every_original_field() -> None:
+    """Clients built on the first schema keep working: fields and methods are only added."""
+    _buf("breaking", "proto", "--against", "tests/fixtures/original_proto")
