@@ -192,7 +192,7 @@ async def follow(client: AirunnerClient, job_id: str, from_sequence: int, queue:
                 elif now - broken_since >= RECONNECT_WINDOW_SECONDS:
                     raise CliError(
                         f"{explain(e, client.server)}; gave up after "
-                        f"{RECONNECT_WINDOW_SECONDS:g} s of retries. The job goes on: "
+                        f"{RECONNECT_WINDOW_SECONDS:g} s of retries. Once the server is back, "
                         f"`airunner-cli monitor {job_id} --from-sequence {next_sequence}` "
                         "resumes where this stopped"
                     ) from None
@@ -213,7 +213,8 @@ async def _say_when_waiting(
             # The stream reports what is wrong with the server.
             return
         if job is not None and job.state == JobState.SCHEDULED:
-            status(f"waiting for a worker on queue {job.queue or queue or '(unknown)'}")
+            where = job.queue or queue
+            status(f"waiting for a worker on queue {where}" if where else "waiting for a worker")
 
 
 async def _final_record(client: AirunnerClient, job_id: str) -> Job | None:
