@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from airunner.api.job.v1.job_pb import JobState
+from airunner.api.job.v1.job_pb import JobResult, JobState
 from airunner.config import MemoryStoreSettings
 from airunner.server import open_store
-from tests.helpers import clean_env, read_until, tool
+from tests.helpers import clean_env, end_event, read_until, start_event, tool
 
 from .conftest import run_server
 from .test_commands import server_process
@@ -104,11 +104,8 @@ async def test_get_cancel_retry_and_list_of_a_waiting_job(cli: Cli) -> None:
     shown = _rows(await _ok(cli, "get", job_id))
     assert shown["state"] == "cancelled"
     assert shown["cancelled"] == "yes: not today"
-    again = await cli.run("cancel", job_id)
-    assert again.returncode == 1
-    [line] = again.stderr.decode().splitlines()
-    assert line.startswith("airunner-cli: error: ")
-    assert "cancelled" in line
+    # Asked again, it stays as the first cancel left it.
+    assert await _ok(cli, "cancel", job_id) == f"job {job_id} cancelled\n"
 
     retried = await cli.run("retry", job_id)
     assert retried.returncode == 0, retried.stderr
@@ -156,6 +153,10 @@ async def test_submit_says_it_waits_then_ctrl_c_leaves_the_job_running(cli: Cli)
             done = await cli.run("monitor", job_id)
     assert done.returncode == 0, done.stderr
     assert done.stdout.endswith(b"finished\n")
+    late = await cli.run("cancel", job_id)
+    assert late.returncode == 1
+    [line] = late.stderr.decode().splitlines()
+    assert line.startswith(f"airunner-cli: error: job {job_id} has already ended: completed")
 
 
 async def test_cancel_on_interrupt_cancels_a_waiting_job(cli: Cli) -> None:
@@ -179,11 +180,26 @@ async def test_a_cancelled_job_exits_125_and_a_timed_out_one_124(cli: Cli) -> No
         await _ok(cli, "cancel", job_id)
         with trio.fail_after(10):
             assert await submit.wait() == 125
-    async with cli.worker():
-        with trio.fail_after(30):
-            done = await cli.run("submit", "--timeout", "1", "--", "sleep", "30")
-    assert done.returncode == 124, done.stderr
-    assert b"job timed out (exit status 124)" in done.stderr
+        assert submit.stderr is not None
+        assert b"job cancelled (exit status 125)" in await submit.stderr.receive_some()
+    # The run ends as a worker reports a timed-out process: killed, and timed out.
+    store = cli.server.store
+    async with _cli_process(cli, "submit", "--timeout", "1", "--", "sleep", "30") as submit:
+        await read_until(submit.stderr, b"submitted")
+        delivery = await store.dequeue_job(
+            ["default"], 0, deadline=trio.current_time() + 5, worker_name="w1"
+        )
+        assert delivery is not None
+        job_id = delivery.job.job_id
+        await store.publish_events(delivery.task_token, [start_event(1), end_event(2, 137)])
+        await store.complete_job(
+            delivery.task_token,
+            JobResult(job_id=job_id, success=False, exit_code=137, timed_out=True),
+        )
+        with trio.fail_after(10):
+            assert await submit.wait() == 124
+        assert submit.stderr is not None
+        assert b"job timed out (exit status 124)" in await submit.stderr.receive_some()
 
 
 async def test_https_against_a_plain_http_server_says_to_use_http(cli: Cli) -> None:
@@ -249,8 +265,8 @@ async def test_monitor_rides_out_a_server_restart(tmp_path: Path) -> None:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
-        try:
             await read_until(monitor.stderr, b"waiting for a worker")
+        try:
             # The first server has stopped, its stream broken; the same store
             # comes back on the same address.
             listen = first.url.removeprefix("http://")
