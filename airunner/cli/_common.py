@@ -6,7 +6,8 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -116,9 +117,36 @@ def make_client(args: argparse.Namespace, *, max_calls: int = DEFAULT_MAX_CALLS)
         raise CliError(str(e)) from None
 
 
+@asynccontextmanager
+async def connected(
+    args: argparse.Namespace, *, max_calls: int = DEFAULT_MAX_CALLS
+) -> AsyncIterator[AirunnerClient]:
+    """An open client for ``args``; a server that cannot be reached even to fetch its
+    certificate (``--no-verify``) is reported as one line, as a failed call is."""
+    client = make_client(args, max_calls=max_calls)
+    try:
+        await client.__aenter__()
+    except ConnectError as e:
+        raise explain(e, client.server) from None
+    try:
+        yield client
+    finally:
+        await client.__aexit__(None, None, None)
+
+
+# What a TLS client reads when the port it reached answers in plain HTTP.
+_PLAIN_HTTP_SIGNS = ("InvalidContentType", "WRONG_VERSION_NUMBER", "wrong version number")
+
+
 def explain(error: ConnectError, server: str) -> CliError:
     """A ConnectError as a user reads it."""
     if error.code == Code.UNAVAILABLE:
+        if server.startswith("https://") and any(s in error.message for s in _PLAIN_HTTP_SIGNS):
+            plain = "http://" + server.removeprefix("https://")
+            return CliError(
+                f"the server at {server} does not speak TLS on that port (it answered in "
+                f"plain HTTP): use {plain}"
+            )
         return CliError(f"cannot reach the server at {server} (is it running?): {error.message}")
     if error.code == Code.UNAUTHENTICATED:
         return CliError(
@@ -127,6 +155,11 @@ def explain(error: ConnectError, server: str) -> CliError:
         )
     if error.code == Code.DEADLINE_EXCEEDED:
         return CliError(f"the server at {server} did not answer in time")
+    if error.code == Code.UNIMPLEMENTED:
+        return CliError(
+            f"the server at {server} does not know this call ({error.message}): it runs an "
+            "older airunner; upgrade it"
+        )
     return CliError(f"{error.code.value}: {error.message}")
 
 
@@ -145,12 +178,18 @@ def first_leaf(group: ExceptionGroup[E]) -> E:
     return first_leaf(leaf) if isinstance(leaf, ExceptionGroup) else leaf
 
 
-def run_interruptibly(command: Callable[[], Awaitable[int]]) -> int:
+def run_interruptibly(
+    command: Callable[[], Awaitable[int]],
+    on_interrupt: Callable[[signal.Signals], Awaitable[None]] | None = None,
+) -> int:
     """Run ``command`` under trio until it returns, or until SIGINT or SIGTERM.
 
     A signal cancels the command at once and the exit code is 128 + its number,
-    as a shell reports it. The handlers are installed whatever the signals'
-    inherited disposition, so that a command started in the background stops too.
+    as a shell reports it. Then ``on_interrupt``, if given, runs (to say what
+    became of the job, or to cancel it); without it a status line names the
+    signal. The handlers are installed whatever the signals' inherited
+    disposition, so that a command started in the background stops too; a
+    second signal while ``on_interrupt`` runs stops it too.
     """
 
     async def main() -> int:
@@ -164,13 +203,16 @@ def run_interruptibly(command: Callable[[], Awaitable[int]]) -> int:
 
     async def supervised() -> int:
         code = 0
+        received: signal.Signals | None = None
         async with trio.open_nursery() as nursery:
 
             async def stop_on_signal() -> None:
-                nonlocal code
+                nonlocal code, received
                 with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                     async for signum in signals:
-                        status(f"{signal.Signals(signum).name}: stopping")
+                        received = signal.Signals(signum)
+                        if on_interrupt is None:
+                            status(f"{received.name}: stopping")
                         code = 128 + signum
                         nursery.cancel_scope.cancel()
                         return
@@ -178,6 +220,19 @@ def run_interruptibly(command: Callable[[], Awaitable[int]]) -> int:
             nursery.start_soon(stop_on_signal)
             code = await command()
             nursery.cancel_scope.cancel()
+        if received is not None and on_interrupt is not None:
+            async with trio.open_nursery() as nursery:
+
+                async def stop_on_second_signal() -> None:
+                    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                        async for _ in signals:
+                            status("stopped")
+                            nursery.cancel_scope.cancel()
+                            return
+
+                nursery.start_soon(stop_on_second_signal)
+                await on_interrupt(received)
+                nursery.cancel_scope.cancel()
         return code
 
     return trio.run(main)

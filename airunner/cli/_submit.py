@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import uuid
 from collections.abc import Mapping, Sequence
@@ -15,8 +16,8 @@ from connectrpc.errors import ConnectError
 
 from airunner.api.job.v1.job_pb import EnqueueJobRequest, JobParams, ProcessType
 
-from ._common import CliError, client_options, explain, make_client, run_interruptibly, status
-from ._monitor import follow
+from ._common import CliError, client_options, connected, explain, run_interruptibly, status
+from ._monitor import EXIT_STATUS_HELP, Followed, add_interrupt_option, follow, on_interrupt
 
 # Keys of a job file, and the JobParams field each fills.
 _CONFIG_KEYS = {
@@ -35,6 +36,7 @@ _CONFIG_KEYS = {
     "working_directory": "working_directory",
     "max_attempts": "max_attempts",
     "queue": "queue",
+    "secrets": "secrets",
 }
 # The names --process-type and a job file's process_type accept.
 _PROCESS_TYPES = {"pipe": ProcessType.PIPE, "pty": ProcessType.PTY}
@@ -46,7 +48,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         parents=[client_options()],
         help="submit a job, then follow it (unless --detach)",
         usage="%(prog)s [REPOSITORY] [options] [-- COMMAND [ARG ...]]",
-        epilog="The job's command line may follow --, as in: submit . -- make test",
+        epilog="The job's command line may follow --, as in: submit . -- make test. "
+        + EXIT_STATUS_HELP,
     )
     submit.add_argument("repository", nargs="?", help="git URL or local path to check out")
     submit.add_argument("--config", type=Path, help="job file (YAML or JSON); flags override it")
@@ -54,6 +57,16 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     submit.add_argument("--command", help="program to run")
     submit.add_argument("--arg", action="append", dest="args", help="an argument (repeatable)")
     submit.add_argument("--env", action="append", default=[], metavar="K=V", help="environment")
+    submit.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="K[=V]",
+        help="a secret the job gets as environment variable K (repeatable); K alone takes "
+        "the value of this shell's environment variable K, which keeps it off the command "
+        "line. The server stores it with the job (a retry reuses it) and shows only its "
+        "name; it is never printed",
+    )
     submit.add_argument("--process-type", choices=sorted(_PROCESS_TYPES), help="pipe or pty")
     submit.add_argument("--timeout", type=int, metavar="SECONDS", help="stop the job after this")
     submit.add_argument(
@@ -69,7 +82,15 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     submit.add_argument("--metadata", action="append", default=[], metavar="K=V")
     submit.add_argument("--request-id", help="idempotency key (default: a fresh one)")
     submit.add_argument("--detach", action="store_true", help="print the job id and return")
-    submit.set_defaults(run=lambda args: run_interruptibly(lambda: _submit(args)))
+    add_interrupt_option(submit)
+    submit.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    followed = Followed()
+    return run_interruptibly(
+        lambda: _submit(args, followed), on_interrupt(args, followed, "airunner-cli submit")
+    )
 
 
 def job_request(args: argparse.Namespace) -> EnqueueJobRequest:
@@ -101,6 +122,7 @@ def job_request(args: argparse.Namespace) -> EnqueueJobRequest:
         params.command, params.args = args.command_line[0], args.command_line[1:]
     params.environment.update(_pairs(args.env, "--env"))
     params.metadata.update(_pairs(args.metadata, "--metadata"))
+    params.secrets.update(_secrets(args.secret))
     if args.queue:
         queue = args.queue
     if not params.command:
@@ -148,7 +170,9 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 def _set_param(params: JobParams, field: str, value: Any, where: str) -> None:
-    if field in ("environment", "metadata"):
+    if field == "secrets":
+        params.secrets.update(_config_secrets(value, where))
+    elif field in ("environment", "metadata"):
         if not isinstance(value, Mapping):
             raise CliError(f"{where} must be a mapping of names to values")
         getattr(params, field).update({str(k): str(v) for k, v in value.items()})
@@ -184,6 +208,52 @@ def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
     return pairs
 
 
+def _secrets(items: Sequence[str]) -> dict[str, str]:
+    """--secret K=V and --secret K (the value of environment variable K)."""
+    secrets = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not name:
+            raise CliError("--secret takes NAME=VALUE or NAME (read from the environment)")
+        secrets[name] = value if sep else _from_environment(name, f"--secret {name}")
+    return secrets
+
+
+def _config_secrets(value: Any, where: str) -> dict[str, str]:
+    """A job file's secrets: a mapping of names to values (a value left empty, or
+    ~, is read from the environment variable of that name), or a list of names
+    read from the environment."""
+    if isinstance(value, list):
+        value = dict.fromkeys(value)
+    if not isinstance(value, Mapping):
+        raise CliError(
+            f"{where} must be a mapping of names to values, or a list of names to read "
+            "from the environment"
+        )
+    secrets = {}
+    for name, secret in value.items():
+        if isinstance(secret, (dict, list)):
+            # The value itself is never repeated, not even in an error.
+            raise CliError(f"{where}: the value of {name} must be a string")
+        name = str(name)
+        secrets[name] = (
+            str(secret)
+            if secret not in (None, "")
+            else _from_environment(name, f"{where}: {name}")
+        )
+    return secrets
+
+
+def _from_environment(name: str, where: str) -> str:
+    value = os.environ.get(name)
+    if value is None:
+        raise CliError(
+            f"{where}: the environment variable {name} is not set; export it, "
+            f"or give the value as {name}=VALUE"
+        )
+    return value
+
+
 def _warn_if_uncommitted(path: Path) -> None:
     """A local repository's job runs its last commit: say so when the tree differs."""
     try:
@@ -208,9 +278,9 @@ def _looks_remote(repository: str) -> bool:
     return "://" in repository or ("@" in repository and ":" in repository)
 
 
-async def _submit(args: argparse.Namespace) -> int:
+async def _submit(args: argparse.Namespace, followed: Followed) -> int:
     request = job_request(args)
-    async with make_client(args) as client:
+    async with connected(args) as client:
         try:
             response = await client.enqueue_job(request)
         except ConnectError as e:
@@ -218,5 +288,6 @@ async def _submit(args: argparse.Namespace) -> int:
         if args.detach:
             print(response.job_id, flush=True)
             return 0
+        followed.job_id = response.job_id
         status(f"job {response.job_id} submitted to queue {request.queue}")
-        return await follow(client, response.job_id, 0)
+        return await follow(client, response.job_id, 0, request.queue)

@@ -1,4 +1,4 @@
-"""airunner-cli: submit and watch jobs, run a worker, mint tokens."""
+"""airunner-cli: submit, watch, look up, cancel and retry jobs; run a worker; mint tokens."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from airunner import telemetry
 
-from . import _list, _monitor, _submit, _token, _worker
+from . import _cancel, _get, _list, _monitor, _retry, _submit, _token, _worker
 from ._common import CliError
 
 
@@ -45,6 +45,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     _submit.add_parser(commands)
     _monitor.add_parser(commands)
     _list.add_parser(commands)
+    _get.add_parser(commands)
+    _cancel.add_parser(commands)
+    _retry.add_parser(commands)
     _worker.add_parser(commands)
     _token.add_parser(commands)
     argv = list(argv)

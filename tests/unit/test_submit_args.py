@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from airunner.api.job.v1.job_pb import EnqueueJobRequest, ProcessType
-from airunner.cli import CliError, job_request, render_table
+from airunner.cli import CliError, job_request
 from airunner.cli.main import parse_args
 
 
@@ -87,30 +87,6 @@ def test_bad_command_lines(argv: list[str], message: str) -> None:
         parse(*argv)
 
 
-def test_table_has_a_header_and_a_row_per_job() -> None:
-    from protobuf.wkt import Timestamp
-
-    from airunner.api.job.v1.job_pb import Job, JobParams, JobState
-
-    job = Job(
-        job_id="01900000-0000-7000-8000-000000000000",
-        state=JobState.RUNNING,
-        created_at=Timestamp.from_seconds(1000),
-        job_params=JobParams(command="make", args=["test"], repository="https://x/y.git"),
-    )
-    lines = render_table([job], now=1000 + 3 * 3600, queue="default").splitlines()
-    assert lines[0].split() == ["ID", "QUEUE", "STATE", "COMMAND", "REPOSITORY", "AGE"]
-    assert lines[1].split() == [
-        job.job_id,
-        "default",
-        "running",
-        "make",
-        "test",
-        "https://x/y.git",
-        "3h",
-    ]
-
-
 def test_a_local_repository_with_uncommitted_changes_is_pointed_out(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -135,3 +111,53 @@ def test_a_local_repository_with_uncommitted_changes_is_pointed_out(
     # A named commit or branch is what the user asked for.
     parse(str(tmp_path), "--branch", "main", "--", "sh", "run.sh")
     assert capsys.readouterr().err == ""
+
+
+def test_secrets_from_flags_the_environment_and_the_job_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FROM_SHELL", "shell-value")
+    monkeypatch.setenv("LISTED", "listed-value")
+    config = tmp_path / "job.yaml"
+    config.write_text("command: x\nsecrets: {IN_FILE: file-value, FROM_SHELL: ~}\n")
+    request = parse("--config", str(config), "--secret", "A=a=b", "--secret", "FROM_SHELL")
+    assert request.job_params.secrets == {
+        "IN_FILE": "file-value",
+        "FROM_SHELL": "shell-value",
+        "A": "a=b",
+    }
+    assert request.job_params.environment == {}
+    config.write_text("command: x\nsecrets: [LISTED]\n")
+    assert parse("--config", str(config)).job_params.secrets == {"LISTED": "listed-value"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "content", "message"),
+    [
+        (["--secret", "UNSET_HERE"], "", "environment variable UNSET_HERE is not set"),
+        (["--secret", "=hidden-value"], "", "--secret takes NAME=VALUE or NAME"),
+        ([], "secrets: {A: [hidden-value]}\n", "the value of A must be a string"),
+        ([], "secrets: hidden-value\n", "must be a mapping of names to values, or a list"),
+        ([], "secrets: [UNSET_HERE]\n", "environment variable UNSET_HERE is not set"),
+    ],
+)
+def test_bad_secrets_never_repeat_a_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], content: str, message: str
+) -> None:
+    monkeypatch.delenv("UNSET_HERE", raising=False)
+    config = tmp_path / "job.yaml"
+    config.write_text("command: x\n" + content)
+    with pytest.raises(CliError, match=message) as raised:
+        parse("--config", str(config), *argv)
+    assert "hidden-value" not in str(raised.value)
+
+
+def test_secret_help_says_a_name_alone_reads_the_environment(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["submit", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "K alone takes the value of this shell's environment variable K" in help_text
+    assert "124 if it ran past its timeout; 125 if it was cancelled" in help_text
+    assert "--cancel-on-interrupt" in help_text
