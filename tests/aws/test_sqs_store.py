@@ -168,3 +168,40 @@ async def test_output_cap_holds_when_a_delivery_publishes_through_two_replicas(
     assert [event.sequence for event in events] == [1, 2, 3, 4, 7]
     assert truncations(events) == [(4, limit, 900)]
     assert sum(output_bytes(event) for event in events) == 900
+
+
+async def test_a_cancelled_jobs_message_is_deleted_when_received(
+    aws_env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with open_sqs_store(token_secret=SECRET) as (store, aws, resources):
+        url = resources.queue_urls["default"]
+        job = await store.enqueue_job(request_id(), "default", params())
+        await store.cancel_job(job.job_id, "not needed")
+        assert await store.dequeue_job("default", 60, deadline=trio.current_time() + 3) is None
+        assert "deleting a finished message" in caplog.text
+        assert await _receive_all(aws, url) == []
+        stored = await store.get_job(job.job_id)
+        assert (stored.state, stored.attempt) == (JobState.CANCELLED, 0)
+
+
+async def test_a_completion_that_read_the_job_before_its_cancel_ends_it_cancelled(
+    aws_env: dict[str, str],
+) -> None:
+    """CompleteJob reads the job, then writes its result; a cancel requested in
+    between (and answered RUNNING + cancel_requested) must still win."""
+    async with open_sqs_store(token_secret=SECRET) as (store, _, _):
+        job = await store.enqueue_job(request_id(), "default", params())
+        delivery = await store.dequeue_job("default", 60, deadline=trio.current_time() + 15)
+        assert delivery is not None
+        await store.publish_events(delivery.task_token, [start_event(1)])
+        marked = await store.cancel_job(job.job_id, "raced")
+        assert (marked.state, marked.cancel_requested) == (JobState.RUNNING, True)
+        # The write of a completion that read the job before the cancel.
+        token = TaskTokenSigner(SECRET).verify(delivery.task_token)
+        jobs = store._jobs
+        with pytest.raises(InvalidArgument, match="no longer current"):
+            await jobs._record_result(token, result(job.job_id), cancelled=False)
+        await store.complete_job(delivery.task_token, result(job.job_id))
+        stored = await store.get_job(job.job_id)
+        assert (stored.state, stored.exit_code) == (JobState.CANCELLED, 0)

@@ -98,6 +98,7 @@ class SQSEvents:
         self._dynamodb = aws.dynamodb
         self._jobs_table = jobs_table
         self._table = events_table
+        self.table = events_table
         self._ttl_seconds = events_ttl_days * 86400
         self.is_final = is_final
         self._max_output_bytes = max_output_bytes
@@ -195,18 +196,23 @@ class SQSEvents:
         """
         return await self._write(job_id, [(event, output) for event in events])
 
+    def item(self, job_id: str, event: JobEvent, output: OutputLedger) -> dict[str, Any]:
+        """The item that stores an event, stamped now if it has no timestamp, with
+        its TTL; for a write of the caller's own (in a transaction, say)."""
+        now_ms = schema.now_ms()
+        expires = now_ms // 1000 + self._ttl_seconds if self._ttl_seconds else None
+        if event.timestamp is None:
+            event.timestamp = schema.timestamp(now_ms)
+        return schema.event_item(job_id, event, expires, output)
+
     async def _write(self, job_id: str, events: Sequence[tuple[JobEvent, OutputLedger]]) -> int:
         """Store events, each with the job's output as of it; wake subscribers."""
         if not events:
             return 0
-        now_ms = schema.now_ms()
-        expires = now_ms // 1000 + self._ttl_seconds if self._ttl_seconds else None
         items: dict[int, dict[str, Any]] = {}
         for event, output in events:
-            if event.timestamp is None:
-                event.timestamp = schema.timestamp(now_ms)
             # A sequence sent twice in one call is one item, the later.
-            items[event.sequence] = schema.event_item(job_id, event, expires, output)
+            items[event.sequence] = self.item(job_id, event, output)
         with aws_errors():
             await self.writer.write(list(items.values()))
         self.changes.wake(job_id)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +32,7 @@ import trio
 
 from airunner import telemetry
 from airunner.actors import DeadLetterReader, QueuePoller, Received, VisibilityExtender
-from airunner.api.job.v1.job_pb import Job, JobParams, JobResult, JobState
+from airunner.api.job.v1.job_pb import Job, JobEvent, JobParams, JobResult, JobState
 from airunner.aws import AwsClients
 from airunner.store import (
     FINAL_STATES,
@@ -187,6 +187,7 @@ class SQSJobs:
             created_at=schema.timestamp(now_ms),
             updated_at=schema.timestamp(now_ms),
             execution_config=rules.default_execution_config(),
+            queue=queue,
         )
         # The message goes first: a job item never exists without its message,
         # whatever step an enqueue dies at. A message whose job was never
@@ -241,12 +242,18 @@ class SQSJobs:
     # Deliveries.
 
     async def dequeue(
-        self, queue: str, visibility_timeout_seconds: int, *, deadline: float
+        self,
+        queues: Sequence[str],
+        visibility_timeout_seconds: int,
+        *,
+        deadline: float,
+        worker_name: str = "",
     ) -> Delivery | None:
         await trio.lowlevel.checkpoint()
-        rules.check_queue(queue, self._urls)
+        names = rules.check_queues(queues, self._urls)
         visibility = rules.visibility_timeout(visibility_timeout_seconds, self._default_visibility)
-        poller = self.pollers[queue]
+        worker_name = rules.check_worker_name(worker_name)
+        poller = self.pollers[names[0]]  # queues helper: more queues
         with trio.move_on_at(deadline):
             while True:
                 received = await poller.take()
@@ -256,7 +263,7 @@ class SQSJobs:
                 # back when its hold runs out.
                 delivery = None
                 with trio.CancelScope(shield=True), trio.move_on_after(DELIVERY_SECONDS):
-                    delivery = await self._deliver(poller, received, visibility)
+                    delivery = await self._deliver(poller, received, visibility, worker_name)
                 if delivery is None:
                     continue
                 try:
@@ -273,7 +280,7 @@ class SQSJobs:
         return None
 
     async def _deliver(
-        self, poller: QueuePoller, received: Received, visibility: int
+        self, poller: QueuePoller, received: Received, visibility: int, worker_name: str
     ) -> Delivery | None:
         """Turn a received message into a delivery, or dispose of it."""
         item = await self._triage(poller.url, poller.queue, received)
@@ -281,6 +288,9 @@ class SQSJobs:
             return None
         message = received.message
         receipt = message["ReceiptHandle"]
+        if schema.cancel_requested(item):
+            await self._end_cancelled(item, poller.url, receipt)
+            return None
         job_id = schema.job_id_of(item)
         queue = schema.queue_of(item)
         runs = schema.runs_of(item)
@@ -317,7 +327,7 @@ class SQSJobs:
                         "SET #state = :running, attempt = :attempt, receipt_handle = :receipt,"
                         " visible_until = :until, updated_at = :now, sequence_base = :base,"
                         " visibility = :visibility, message_id = :message,"
-                        " output_bytes = :output_bytes"
+                        " worker = :worker, output_bytes = :output_bytes"
                         + (", output_truncated_at = :output_truncated_at" if truncated else "")
                     ),
                     # Nobody delivered it meanwhile, no delivery holds it, it is
@@ -339,6 +349,7 @@ class SQSJobs:
                         ":base": {"N": str(base)},
                         ":visibility": {"N": str(visibility)},
                         ":message": {"S": message["MessageId"]},
+                        ":worker": {"S": worker_name},
                         **{":" + k: v for k, v in schema.output_attributes(output).items()},
                         ":final0": _FINAL_VALUES[0],
                         ":final1": _FINAL_VALUES[1],
@@ -354,6 +365,7 @@ class SQSJobs:
         item["state"] = {"N": str(int(JobState.RUNNING))}
         item["updated_at"] = {"N": str(now_ms)}
         item["visible_until"] = {"N": str(until_ms)}
+        item["worker"] = {"S": worker_name}
         token = self._signer.sign(TaskToken(job_id, queue, previous + 1, receipt))
         return Delivery(job=schema.job_from_item(item, now_ms), task_token=token)
 
@@ -514,23 +526,78 @@ class SQSJobs:
         await self._recycle(item, self._urls[schema.queue_of(item)], message)
 
     async def _close_lost_run(
-        self, item: Mapping[str, Any], *, failed: bool
+        self, item: Mapping[str, Any], *, failed: bool, cancelled: str | None = None
     ) -> tuple[int, OutputLedger]:
         """If the job's last delivery was a run that lost its worker, and that run
-        stored no final event, store one. Returns the last stored sequence and
-        the job's output so far."""
+        stored no final event, store one (``rules.lost_run_event``). Returns the
+        last stored sequence and the job's output so far."""
         job_id = schema.job_id_of(item)
-        found = await self._events.last_event(job_id)
+        base, output, closing = await self._lost_run_closing(item, failed, cancelled)
+        if closing is not None:
+            await self._events.store(job_id, [closing], output)
+            base = closing.sequence
+        return base, output
+
+    async def _lost_run_closing(
+        self, item: Mapping[str, Any], failed: bool, cancelled: str | None
+    ) -> tuple[int, OutputLedger, JobEvent | None]:
+        """The job's last stored sequence and output so far, and the event that
+        would close its last run if that run lost its worker unclosed."""
+        found = await self._events.last_event(schema.job_id_of(item))
         last, output = found if found is not None else (None, OutputLedger())
         base = last_sequence_of(last) if last is not None else 0
         if schema.taken_up(item) and not rules.ends_run(last, schema.sequence_base(item)):
-            base += 1
-            closing = rules.lost_run_event(base, schema.runs_of(item), failed=failed)
-            await self._events.store(job_id, [closing], output)
-        return base, output
+            runs = schema.runs_of(item)
+            closing = rules.lost_run_event(base + 1, runs, failed=failed, cancelled=cancelled)
+            return base, output, closing
+        return base, output, None
+
+    async def _end_cancelled(self, item: Mapping[str, Any], url: str, receipt: str) -> None:
+        """End a job whose cancel was requested and whose delivery is over (it
+        ran out, or its message came back): CANCELLED, its run closed."""
+        job_id = schema.job_id_of(item)
+        await self._close_lost_run(item, failed=False, cancelled=schema.cancel_reason_of(item))
+        now_ms = schema.now_ms()
+        try:
+            with aws_errors():
+                await self._aws.dynamodb.update_item(
+                    TableName=self._table,
+                    Key=schema.job_key(job_id),
+                    UpdateExpression=(
+                        "SET #state = :cancelled, updated_at = :now, finished_at = :now"
+                    ),
+                    ConditionExpression=(
+                        "attempt = :attempt AND (#state <> :running OR visible_until <= :now)"
+                        " AND NOT #state IN (:final0, :final1, :final2)"
+                    ),
+                    ExpressionAttributeNames={"#state": "state"},
+                    ExpressionAttributeValues={
+                        ":cancelled": {"N": str(int(JobState.CANCELLED))},
+                        ":now": {"N": str(now_ms)},
+                        ":attempt": {"N": str(schema.attempt_of(item))},
+                        ":running": {"N": str(int(JobState.RUNNING))},
+                        ":final0": _FINAL_VALUES[0],
+                        ":final1": _FINAL_VALUES[1],
+                        ":final2": _FINAL_VALUES[2],
+                    },
+                )
+        except ConditionFailed:
+            # It moved on meanwhile (another replica ended it).
+            return
+        log.info("job %s cancelled: its delivery is over", job_id)
+        self._ended(item, JobState.CANCELLED)
+        await self._delete(url, receipt)
+
+    def _ended(self, item: Mapping[str, Any], state: JobState) -> None:
+        """The store made the job final: count it, wake its subscribers."""
+        job_id = schema.job_id_of(item)
+        telemetry.jobs_completed.add(1, {"queue": schema.queue_of(item), "state": state.name})
+        self._events.forget(job_id)
+        self._events.changes.wake(job_id)
 
     async def _fail_exhausted(self, item: Mapping[str, Any], url: str, receipt: str) -> None:
-        """End a job that had all its runs: FAILED, "lost its worker N times"."""
+        """End a job that had all its runs: FAILED, "lost its worker N times"; delete
+        its message if ``receipt`` is given."""
         job_id = schema.job_id_of(item)
         await self._close_lost_run(item, failed=True)
         result = rules.exhausted_result(job_id, schema.runs_of(item))
@@ -540,7 +607,10 @@ class SQSJobs:
                 await self._aws.dynamodb.update_item(
                     TableName=self._table,
                     Key=schema.job_key(job_id),
-                    UpdateExpression="SET #state = :failed, #result = :result, updated_at = :now",
+                    UpdateExpression=(
+                        "SET #state = :failed, #result = :result, updated_at = :now,"
+                        " finished_at = :now"
+                    ),
                     ConditionExpression=(
                         "attempt = :attempt AND (#state <> :running OR visible_until <= :now)"
                         " AND NOT #state IN (:final0, :final1, :final2)"
@@ -561,10 +631,9 @@ class SQSJobs:
             # It moved on meanwhile (another replica ended it, or delivered it).
             return
         log.warning("job %s failed: %s", job_id, result.error_message)
-        queue = schema.queue_of(item)
-        telemetry.jobs_completed.add(1, {"queue": queue, "state": JobState.FAILED.name})
-        self._events.changes.wake(job_id)
-        await self._delete(url, receipt)
+        self._ended(item, JobState.FAILED)
+        if receipt:
+            await self._delete(url, receipt)
 
     async def _dead_letter(self, url: str, received: Received) -> None:
         """A message SQS moved to a dead-letter queue: its job lost its worker as
@@ -573,6 +642,9 @@ class SQSJobs:
         message = received.message
         item = await self._triage(url, "dead letters", received)
         if item is None:
+            return
+        if schema.cancel_requested(item):
+            await self._end_cancelled(item, url, message["ReceiptHandle"])
             return
         runs = schema.runs_of(item)
         if runs >= schema.max_attempts_of(item, self._max_attempts):
@@ -616,7 +688,7 @@ class SQSJobs:
                     UpdateExpression=(
                         "SET taken_up = :attempt, runs = if_not_exists(runs, :none) + :one,"
                         " message_runs = if_not_exists(message_runs, :none) + :one,"
-                        " visible_until = :until, updated_at = :now"
+                        " visible_until = :until, updated_at = :now, started_at = :now"
                     ),
                     ConditionExpression=(
                         "attempt = :attempt AND #state = :running AND visible_until > :now"
@@ -718,28 +790,47 @@ class SQSJobs:
         if schema.is_final(item) and schema.completed_by(item) == token.attempt and stored:
             rules.check_repeated_completion(JobResult.from_json(stored), result)
             return
-        final = JobState.COMPLETED if result.success else JobState.FAILED
         try:
-            await self._update_current(
-                token,
-                "SET #state = :final, #result = :result, completed_by = :attempt",
-                {":final": {"N": str(int(final))}, ":result": {"S": result.to_json()}},
-                {"#result": "result"},
-            )
+            final = await self._record_result(token, result, schema.cancel_requested(item))
         except StaleTaskToken:
-            # A retry racing the first call: the first may have just completed it.
             now = await self.get_item(token.job_id)
             stored = schema.result_json(now) if now is not None else None
-            if now is None or not stored or schema.completed_by(now) != token.attempt:
-                raise
-            rules.check_repeated_completion(JobResult.from_json(stored), result)
-            return
+            if now is not None and schema.cancel_requested(now) and not stored:
+                # A cancel was requested meanwhile: the job ends CANCELLED.
+                final = await self._record_result(token, result, True)
+            else:
+                # A retry racing the first call: the first may have just completed it.
+                if now is None or not stored or schema.completed_by(now) != token.attempt:
+                    raise
+                rules.check_repeated_completion(JobResult.from_json(stored), result)
+                return
         try:
             await self._delete(self._urls[token.queue], schema.receipt_of(item))
         except (Unavailable, ResourceExhausted) as e:
             # The job is final in the table; its message, if it comes back, is dropped.
             log.warning("could not delete the message of job %s: %s", token.job_id, e)
         telemetry.jobs_completed.add(1, {"queue": token.queue, "state": final.name})
+
+    async def _record_result(
+        self, token: TaskToken, result: JobResult, cancelled: bool
+    ) -> JobState:
+        """Make the job final with its worker's result while the delivery is
+        current: CANCELLED if its cancel was requested, else as the result says,
+        and then only while no cancel is requested (a CancelJob that raced this
+        call and succeeded must see the job end CANCELLED)."""
+        if cancelled:
+            final, condition = JobState.CANCELLED, ""
+        else:
+            final = JobState.COMPLETED if result.success else JobState.FAILED
+            condition = "attribute_not_exists(cancel_requested)"
+        await self._update_current(
+            token,
+            "SET #state = :final, #result = :result, completed_by = :attempt, finished_at = :now",
+            {":final": {"N": str(int(final))}, ":result": {"S": result.to_json()}},
+            {"#result": "result"},
+            condition=condition,
+        )
+        return final
 
     async def current(self, task_token: str) -> tuple[TaskToken, dict[str, Any]]:
         """The token's claims and job item, if the token's delivery is still current.
@@ -765,8 +856,11 @@ class SQSJobs:
         update: str,
         values: dict[str, Any],
         names: dict[str, str] | None = None,
+        *,
+        condition: str = "",
     ) -> None:
-        """Update the job item only while the token's delivery is current."""
+        """Update the job item only while the token's delivery is current (and
+        ``condition`` holds, if given)."""
         try:
             with aws_errors():
                 await self._aws.dynamodb.update_item(
@@ -775,6 +869,7 @@ class SQSJobs:
                     UpdateExpression=update + ", updated_at = :now",
                     ConditionExpression=(
                         "attempt = :attempt AND #state = :running AND visible_until > :now"
+                        + (f" AND {condition}" if condition else "")
                     ),
                     ExpressionAttributeNames={"#state": "state", **(names or {})},
                     ExpressionAttributeValues={
@@ -787,9 +882,152 @@ class SQSJobs:
         except ConditionFailed:
             raise StaleTaskToken() from None
 
+    # Cancel.
+
+    async def cancel(self, job_id: str, reason: str) -> Job:
+        """CancelJob (``JobStore.cancel_job``). Each way it can go is one
+        conditional write on what was read; if the job moved on meanwhile (a
+        delivery, a take-up, a completion), it is read again and decided anew."""
+        reason = rules.check_cancel_reason(reason)
+        if not job_id:
+            raise InvalidArgument("job_id is required")
+        while True:
+            item = None if schema.is_claim_key(job_id) else await self.get_item(job_id)
+            if item is None:
+                raise NotFound(f"job {job_id} not found")
+            now_ms = schema.now_ms()
+            if schema.cancel_requested(item):
+                # Asked before: CANCELLED, or RUNNING until its worker stops it.
+                return schema.job_from_item(item, now_ms)
+            if schema.is_final(item):
+                raise rules.already_ended(job_id, schema.stored_state(item))
+            if schema.is_live(item, now_ms) and schema.taken_up(item):
+                done = await self._request_cancel(item, reason, now_ms)
+            elif (
+                schema.taken_up(item)
+                and not schema.is_live(item, now_ms)
+                and schema.runs_of(item) >= schema.max_attempts_of(item, self._max_attempts)
+            ):
+                # Its last run lost its worker: it has failed, though its
+                # message has not come back to say so yet.
+                await self._fail_exhausted(item, self._urls[schema.queue_of(item)], "")
+                done = False
+            else:
+                done = await self._cancel_at_once(item, reason, now_ms)
+            if done:
+                item = await self.get_item(job_id)
+                assert item is not None
+                return schema.job_from_item(item, schema.now_ms())
+
+    async def _request_cancel(self, item: Mapping[str, Any], reason: str, now_ms: int) -> bool:
+        """Mark a run for its worker to stop; False if the job moved on meanwhile."""
+        job_id = schema.job_id_of(item)
+        try:
+            with aws_errors():
+                await self._aws.dynamodb.update_item(
+                    TableName=self._table,
+                    Key=schema.job_key(job_id),
+                    UpdateExpression=(
+                        "SET cancel_requested = :true, cancel_reason = :reason, updated_at = :now"
+                    ),
+                    # Still this run (not completed, not another delivery);
+                    # complete_job writes a result only while this is unset.
+                    ConditionExpression=(
+                        "attempt = :attempt AND #state = :running AND taken_up = :attempt"
+                        " AND attribute_not_exists(cancel_requested)"
+                    ),
+                    ExpressionAttributeNames={"#state": "state"},
+                    ExpressionAttributeValues={
+                        ":true": {"BOOL": True},
+                        ":reason": {"S": reason},
+                        ":now": {"N": str(now_ms)},
+                        ":attempt": {"N": str(schema.attempt_of(item))},
+                        ":running": {"N": str(int(JobState.RUNNING))},
+                    },
+                )
+        except ConditionFailed:
+            return False
+        log.info("job %s: cancel requested (%s)", job_id, reason or "no reason given")
+        self._events.changes.wake(job_id)
+        return True
+
+    async def _cancel_at_once(self, item: Mapping[str, Any], reason: str, now_ms: int) -> bool:
+        """Cancel a job no run of which is under way (waiting in its queue, or
+        delivered but not taken up): CANCELLED, with the event that says why
+        stored in the same transaction. Its message stays in SQS, and is dropped
+        when next received (a final job's message always is); a delivery's
+        message is deleted now if its receipt still works. False if the job
+        moved on meanwhile."""
+        job_id = schema.job_id_of(item)
+        # A run lost before (whose message has not come back yet) is closed
+        # first, as the memory store's sweeper would have closed it.
+        base, output, closing = await self._lost_run_closing(item, False, None)
+        events = [closing] if closing is not None else []
+        events.append(rules.cancel_event(base + len(events) + 1, reason))
+        puts: list[Any] = [
+            {
+                "Put": {
+                    "TableName": self._events.table,
+                    "Item": self._events.item(job_id, e, output),
+                }
+            }
+            for e in events
+        ]
+        try:
+            with aws_errors():
+                await self._aws.dynamodb.transact_write_items(
+                    TransactItems=[
+                        {
+                            "Update": {
+                                "TableName": self._table,
+                                "Key": schema.job_key(job_id),
+                                "UpdateExpression": (
+                                    "SET #state = :cancelled, cancel_requested = :true,"
+                                    " cancel_reason = :reason, updated_at = :now,"
+                                    " finished_at = :now"
+                                ),
+                                # No delivery since the read, and none taken up
+                                # that is still live.
+                                "ConditionExpression": (
+                                    "attempt = :attempt"
+                                    " AND NOT #state IN (:final0, :final1, :final2)"
+                                    " AND (attribute_not_exists(taken_up) OR taken_up <> :attempt"
+                                    " OR #state <> :running OR visible_until <= :now)"
+                                    " AND attribute_not_exists(cancel_requested)"
+                                ),
+                                "ExpressionAttributeNames": {"#state": "state"},
+                                "ExpressionAttributeValues": {
+                                    ":cancelled": {"N": str(int(JobState.CANCELLED))},
+                                    ":true": {"BOOL": True},
+                                    ":reason": {"S": reason},
+                                    ":now": {"N": str(now_ms)},
+                                    ":attempt": {"N": str(schema.attempt_of(item))},
+                                    ":running": {"N": str(int(JobState.RUNNING))},
+                                    ":final0": _FINAL_VALUES[0],
+                                    ":final1": _FINAL_VALUES[1],
+                                    ":final2": _FINAL_VALUES[2],
+                                },
+                            }
+                        },
+                        *puts,
+                    ]
+                )
+        except TransactionCancelled:
+            return False
+        log.info("job %s cancelled (%s)", job_id, reason or "no reason given")
+        self._ended(item, JobState.CANCELLED)
+        if schema.is_live(item, now_ms) and schema.receipt_of(item):
+            try:
+                await self._delete(self._urls[schema.queue_of(item)], schema.receipt_of(item))
+            except (Unavailable, ResourceExhausted) as e:
+                log.warning("could not delete the message of job %s: %s", job_id, e)
+        return True
+
     # Reads.
 
-    async def list(self, queue: str, state: JobState, page: int, page_size: int) -> JobPage:
+    async def list(
+        self, queue: str, state: JobState, page: int, page_size: int, owner: str = ""
+    ) -> JobPage:
         page, page_size = rules.page_args(state, page, page_size)
         if queue:
             rules.check_queue(queue, self._urls)
@@ -798,6 +1036,9 @@ class SQSJobs:
         jobs.sort(key=lambda job: (schema.ms(job.created_at), job.job_id), reverse=True)
         if state != JobState.UNSPECIFIED:
             jobs = [job for job in jobs if job.state == state]
+        if owner:
+            # Read like the state: every job of the queue is read already.
+            jobs = [job for job in jobs if job.job_params and job.job_params.owner == owner]
         start = (page - 1) * page_size
         return JobPage(
             jobs=jobs[start : start + page_size], last_page=rules.last_page(len(jobs), page_size)

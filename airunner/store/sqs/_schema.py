@@ -19,9 +19,14 @@ Jobs table, key ``job_id`` (S). Two kinds of item share it:
   received once more than that unless a receive was wasted), ``output_bytes``
   (N) and ``output_truncated_at`` (N) as the job's last event said when the
   current delivery began (the output its earlier runs stored; the output cap
-  goes on counting from there), and once final
-  ``result`` (S, the JobResult as JSON) and, if a worker's CompleteJob recorded
-  it, ``completed_by`` (N, that delivery's attempt);
+  goes on counting from there), ``worker`` (S, the name its last dequeuer
+  gave), ``started_at`` (N, Unix ms, when the last delivery was taken up),
+  once CancelJob asked ``cancel_requested`` (BOOL, true) and ``cancel_reason``
+  (S), and once final ``finished_at`` (N, Unix ms), ``result`` (S, the
+  JobResult as JSON; none for a job cancelled before it ran) and, if a
+  worker's CompleteJob recorded it, ``completed_by`` (N, that delivery's
+  attempt). Items written before an attribute existed read as if it were
+  unset (a final one's ``finished_at`` as its ``updated_at``);
 - a **claim** of a request id: key ``request#<request_id>``, ``target_job_id``
   (S), ``created_at``. Written in one transaction with its job under
   ``attribute_not_exists``, it makes EnqueueJob idempotent under races.
@@ -49,8 +54,15 @@ from typing import Any
 
 from protobuf.wkt import Timestamp
 
-from airunner.api.job.v1.job_pb import ExecutionConfig, Job, JobEvent, JobParams, JobState
-from airunner.store import FINAL_STATES, event_time_ms
+from airunner.api.job.v1.job_pb import (
+    ExecutionConfig,
+    Job,
+    JobEvent,
+    JobParams,
+    JobResult,
+    JobState,
+)
+from airunner.store import FINAL_STATES, event_time_ms, rules
 from airunner.store.rules import OutputLedger
 
 DEFAULT_JOBS_TABLE = "airunner_jobs"
@@ -155,14 +167,32 @@ def job_item(
 def job_from_item(item: Mapping[str, Any], now_ms: int) -> Job:
     """The job an item holds, as a reader sees it at ``now_ms``."""
     config = item.get("execution_config")
-    return Job(
+    state = visible_state(item, now_ms)
+    job = Job(
         job_id=item["job_id"]["S"],
         job_params=JobParams.from_json(json.dumps(_value(item["job_params"]))),
-        state=visible_state(item, now_ms),
+        state=state,
         created_at=timestamp(int(item["created_at"]["N"])),
         updated_at=timestamp(int(item["updated_at"]["N"])),
         execution_config=ExecutionConfig.from_binary(bytes(config["B"])) if config else None,
+        queue=queue_of(item),
+        attempt=runs_of(item),
+        worker=str(item.get("worker", {}).get("S", "")),
+        started_at=timestamp(_number(item, "started_at")) if "started_at" in item else None,
+        cancel_requested=cancel_requested(item),
+        cancel_reason=cancel_reason_of(item),
     )
+    if state in FINAL_STATES:
+        stored = result_json(item)
+        result = JobResult.from_json(stored) if stored else None
+        rules.record_end(job, state, result, job.cancel_reason)
+        if is_final(item):
+            job.finished_at = timestamp(_number(item, "finished_at", ms(job.updated_at)))
+        else:
+            # Cancelled, its delivery over: it ended then, though the item says
+            # so only once its message is next received.
+            job.finished_at = timestamp(visible_until(item))
+    return job
 
 
 def stored_state(item: Mapping[str, Any]) -> JobState:
@@ -171,9 +201,14 @@ def stored_state(item: Mapping[str, Any]) -> JobState:
 
 def visible_state(item: Mapping[str, Any], now_ms: int) -> JobState:
     """The state a reader sees: a RUNNING job whose delivery expired is SCHEDULED
-    again, as its SQS message is visible again."""
+    again, as its SQS message is visible again; CANCELLED if its cancel was
+    requested (it never runs again, and its message's next receive ends it)."""
     state = stored_state(item)
-    if state == JobState.RUNNING and visible_until(item) <= now_ms:
+    if state in FINAL_STATES or is_live(item, now_ms):
+        return state
+    if cancel_requested(item):
+        return JobState.CANCELLED
+    if state == JobState.RUNNING:
         return JobState.SCHEDULED
     return state
 
@@ -235,6 +270,15 @@ def taken_up(item: Mapping[str, Any]) -> bool:
 def is_live(item: Mapping[str, Any], now_ms: int) -> bool:
     """Whether a delivery holds the job now."""
     return stored_state(item) == JobState.RUNNING and visible_until(item) > now_ms
+
+
+def cancel_requested(item: Mapping[str, Any]) -> bool:
+    """Whether CancelJob asked for the job to stop."""
+    return bool(item.get("cancel_requested", {}).get("BOOL", False))
+
+
+def cancel_reason_of(item: Mapping[str, Any]) -> str:
+    return str(item.get("cancel_reason", {}).get("S", ""))
 
 
 def message_id_of(item: Mapping[str, Any]) -> str:

@@ -104,9 +104,16 @@ class SQSJobStore:
         return await self._jobs.enqueue(request_id, queue, params)
 
     async def dequeue_job(
-        self, queue: str, visibility_timeout_seconds: int, *, deadline: float
+        self,
+        queues: Sequence[str],
+        visibility_timeout_seconds: int,
+        *,
+        deadline: float,
+        worker_name: str = "",
     ) -> Delivery | None:
-        return await self._jobs.dequeue(queue, visibility_timeout_seconds, deadline=deadline)
+        return await self._jobs.dequeue(
+            queues, visibility_timeout_seconds, deadline=deadline, worker_name=worker_name
+        )
 
     async def release_job(self, task_token: str) -> None:
         await self._jobs.release(task_token)
@@ -122,8 +129,13 @@ class SQSJobStore:
             self._events.forget(result.job_id)
             self._events.changes.wake(result.job_id)
 
-    async def list_jobs(self, queue: str, state: JobState, page: int, page_size: int) -> JobPage:
-        return await self._jobs.list(queue, state, page, page_size)
+    async def cancel_job(self, job_id: str, reason: str) -> Job:
+        return await self._jobs.cancel(job_id, reason)
+
+    async def list_jobs(
+        self, queue: str, state: JobState, page: int, page_size: int, owner: str = ""
+    ) -> JobPage:
+        return await self._jobs.list(queue, state, page, page_size, owner)
 
     async def get_job(self, job_id: str) -> Job:
         return await self._jobs.get(job_id)
