@@ -222,7 +222,13 @@ def cancelled_text(reason: str) -> str:
 
 
 def check_queues(queues: Sequence[str], known: Collection[str]) -> list[str]:
-    """The queues a dequeuer serves, in its order, each once; each must be known."""
+    """The queues a dequeuer serves, in its order, each once; each must be known.
+
+    A bare string is one queue's name: a ``str`` is a ``Sequence[str]`` too, and
+    ``"default"`` must not read as ``"d", "e", ...``.
+    """
+    if isinstance(queues, str):
+        queues = [queues]
     if not queues or not any(queues):
         raise InvalidArgument("queue is required")
     ordered: list[str] = []

@@ -82,7 +82,8 @@ class SQSJobStore:
         """Fail now, not at the first request, if a queue or table is missing.
 
         Raises:
-            ClientError, BotoCoreError: as AWS answered.
+            QueueUnusable: a queue (or its dead-letter queue), named, as AWS answered.
+            ClientError, BotoCoreError: a table, as AWS answered.
         """
         await self._jobs.check_resources()
         await self._events.check_resources()
@@ -104,9 +105,16 @@ class SQSJobStore:
         return await self._jobs.enqueue(request_id, queue, params)
 
     async def dequeue_job(
-        self, queue: str, visibility_timeout_seconds: int, *, deadline: float
+        self,
+        queues: Sequence[str],
+        visibility_timeout_seconds: int,
+        *,
+        deadline: float,
+        worker_name: str = "",
     ) -> Delivery | None:
-        return await self._jobs.dequeue(queue, visibility_timeout_seconds, deadline=deadline)
+        return await self._jobs.dequeue(
+            queues, visibility_timeout_seconds, deadline=deadline, worker_name=worker_name
+        )
 
     async def release_job(self, task_token: str) -> None:
         await self._jobs.release(task_token)
