@@ -239,6 +239,7 @@ class MemoryJobStore:
         now = _now()
         job = Job(
             job_id=new_job_id(),
+            queue=queue,
             job_params=copy.deepcopy(params),
             state=JobState.SCHEDULED,
             created_at=now,
