@@ -41,7 +41,7 @@ __all__ = [
     "QueuePoller",
     "Received",
     "VisibilityExtender",
-    "take_first",
     "VisibilitySweeper",
     "supervise",
+    "take_first",
 ]

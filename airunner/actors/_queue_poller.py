@@ -67,7 +67,8 @@ async def take_first(pollers: Sequence[QueuePoller]) -> tuple[QueuePoller, Recei
         if waiter.filled_by is not None and waiter.received is not None:
             waiter.filled_by.give_back_soon(waiter.received)
         raise
-    assert waiter.filled_by is not None and waiter.received is not None
+    assert waiter.filled_by is not None
+    assert waiter.received is not None
     return waiter.filled_by, waiter.received
 
 

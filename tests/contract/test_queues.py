@@ -108,7 +108,7 @@ async def test_an_unknown_or_missing_queue_in_the_list_is_invalid(
     store: JobStore, queues: list[str]
 ) -> None:
     await enqueue(store, "default")
-    with pytest.raises(InvalidArgument, match="nightly|queue is required"):
+    with pytest.raises(InvalidArgument, match=r"nightly|queue is required"):
         await dequeue(store, queues, wait=1)
     # Nothing was taken meanwhile.
     assert await dequeue(store, ["default"]) is not None

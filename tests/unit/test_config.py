@@ -207,9 +207,7 @@ def test_memory_store_serves_the_queues_airunner_queues_names(
         ("default,builds,default", "queue 'default' is named twice"),
     ],
 )
-def test_bad_airunner_queues_stop_the_server_naming_the_variable(
-    value: str, message: str
-) -> None:
+def test_bad_airunner_queues_stop_the_server_naming_the_variable(value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=f"^AIRUNNER_QUEUES: {message}"):
         store_settings_from_env({"AIRUNNER_QUEUES": value})
 

@@ -7,9 +7,9 @@ AWS failures as store errors; ``_resources`` creating the queues and tables.
 
 from __future__ import annotations
 
+from ._jobs import QueueUnusable
 from ._resources import QUEUE_NAMES, Resources, create_resources, queue_names
 from ._schema import DEFAULT_EVENTS_TABLE, DEFAULT_JOBS_TABLE, EVENTS_KEY, JOBS_BY_QUEUE_INDEX
-from ._jobs import QueueUnusable
 from ._store import SQSJobStore
 
 __all__ = [
