@@ -6,6 +6,7 @@ and deployment templates set and match them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ from airunner.store import (
     DEFAULT_FINISHED_JOB_TTL_SECONDS,
     DEFAULT_MAX_FINISHED_JOBS,
     DEFAULT_MAX_FINISHED_OUTPUT_BYTES,
+    DEFAULT_QUEUES,
     rules,
 )
 
@@ -25,6 +27,10 @@ MAX_OUTPUT_BYTES = 2**40
 # Beyond these the memory store is no longer bounded in any useful sense.
 MAX_FINISHED_JOBS = 10_000_000
 MAX_FINISHED_JOB_TTL = 366 * 24 * 3600
+# A queue name: what an SQS queue name may hold (80 characters at most), less
+# upper case and '_', so that each name has one AIRUNNER_SQS_QUEUE_<NAME> variable.
+QUEUE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,79}")
+SQS_QUEUE_PREFIX = "AIRUNNER_SQS_QUEUE_"
 
 
 class ConfigError(Exception):
@@ -33,6 +39,7 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class MemoryStoreSettings:
+    queues: tuple[str, ...] = DEFAULT_QUEUES
     default_visibility_timeout: int = rules.DEFAULT_VISIBILITY_TIMEOUT_SECONDS
     token_signing_secret: bytes | None = None
     max_attempts: int = rules.DEFAULT_MAX_ATTEMPTS
@@ -91,6 +98,7 @@ def _memory_settings(env: Mapping[str, str]) -> MemoryStoreSettings:
             f"AIRUNNER_MAX_OUTPUT_BYTES ({max_output})"
         )
     return MemoryStoreSettings(
+        queues=_queue_names(env) or DEFAULT_QUEUES,
         default_visibility_timeout=_visibility_timeout(env),
         token_signing_secret=env.get("AIRUNNER_TOKEN_SIGNING_SECRET", "").encode() or None,
         max_attempts=_max_attempts(env),
@@ -114,12 +122,7 @@ def _memory_settings(env: Mapping[str, str]) -> MemoryStoreSettings:
 
 
 def _sqs_settings(env: Mapping[str, str]) -> SQSStoreSettings:
-    queue_urls = {}
-    if not (default_url := env.get("AIRUNNER_SQS_QUEUE_DEFAULT", "")):
-        raise ConfigError("AIRUNNER_SQS_QUEUE_DEFAULT is required")
-    queue_urls["default"] = default_url
-    if priority_url := env.get("AIRUNNER_SQS_QUEUE_PRIORITY", ""):
-        queue_urls["priority"] = priority_url
+    queue_urls = sqs_queue_urls(env)
     if not (jobs_table := env.get("AIRUNNER_DYNAMODB_JOBS_TABLE", "")):
         raise ConfigError("AIRUNNER_DYNAMODB_JOBS_TABLE is required")
     events_table = env.get("AIRUNNER_DYNAMODB_EVENTS_TABLE", "")
@@ -137,6 +140,80 @@ def _sqs_settings(env: Mapping[str, str]) -> SQSStoreSettings:
         max_attempts=_max_attempts(env),
         max_output_bytes=_max_output_bytes(env),
     )
+
+
+def queue_variable(name: str) -> str:
+    """The variable that holds the SQS queue URL of queue ``name``:
+    ``build-gpu`` is AIRUNNER_SQS_QUEUE_BUILD_GPU."""
+    return SQS_QUEUE_PREFIX + name.upper().replace("-", "_")
+
+
+def check_queue_name(name: str, source: str) -> str:
+    """Check one queue name; ``source`` says where it came from, for the message.
+
+    Raises:
+        ConfigError: not 1 to 80 lower-case letters, digits or '-', starting with
+            a letter or digit.
+    """
+    if not QUEUE_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{source}: bad queue name {name!r}: a queue name is 1 to 80 lower-case letters, "
+            "digits or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def sqs_queue_urls(env: Mapping[str, str]) -> dict[str, str]:
+    """The SQS store's queues: one per AIRUNNER_SQS_QUEUE_<NAME> variable that is
+    set, NAME being the queue name upper-cased with '-' as '_' (``queue_variable``).
+
+    AIRUNNER_SQS_QUEUE_DEFAULT is required. AIRUNNER_QUEUES is not needed; if it
+    is set, it must name the same queues (in any order).
+
+    Raises:
+        ConfigError: the default queue is missing, a variable's NAME is not a
+            queue name's, or AIRUNNER_QUEUES disagrees.
+    """
+    urls = {}
+    for variable, url in sorted(env.items()):
+        if not variable.startswith(SQS_QUEUE_PREFIX) or not url:
+            continue
+        suffix = variable.removeprefix(SQS_QUEUE_PREFIX)
+        name = suffix.lower().replace("_", "-")
+        if not QUEUE_NAME.fullmatch(name) or queue_variable(name) != variable:
+            raise ConfigError(
+                f"{variable}: the part after {SQS_QUEUE_PREFIX} must be a queue name in "
+                "upper case with '_' for '-' (queue build-gpu: "
+                f"{queue_variable('build-gpu')}), got {suffix!r}"
+            )
+        urls[name] = url
+    if "default" not in urls:
+        raise ConfigError(f"{queue_variable('default')} is required")
+    listed = _queue_names(env)
+    if listed is not None and set(listed) != set(urls):
+        raise ConfigError(
+            f"AIRUNNER_QUEUES ({', '.join(listed)}) must name the queues that have an "
+            f"{SQS_QUEUE_PREFIX}<NAME> variable ({', '.join(sorted(urls))}), or be unset"
+        )
+    return dict(sorted(urls.items(), key=lambda item: (item[0] != "default", item[0])))
+
+
+def _queue_names(env: Mapping[str, str]) -> tuple[str, ...] | None:
+    """AIRUNNER_QUEUES: comma-separated queue names, or None if unset or empty.
+
+    Raises:
+        ConfigError: a name is bad or repeated.
+    """
+    text = env.get("AIRUNNER_QUEUES", "").strip()
+    if not text:
+        return None
+    names: list[str] = []
+    for part in text.split(","):
+        name = check_queue_name(part.strip(), "AIRUNNER_QUEUES")
+        if name in names:
+            raise ConfigError(f"AIRUNNER_QUEUES: queue {name!r} is named twice")
+        names.append(name)
+    return tuple(names)
 
 
 # A month: a token that leaks is good for no longer.

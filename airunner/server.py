@@ -16,7 +16,7 @@ from airunner.aws import open_aws_clients
 from airunner.config import ConfigError, MemoryStoreSettings, StoreSettings
 from airunner.http import DEQUEUE_POLL_WINDOW_SECONDS, BearerAuth, Drain, build_app
 from airunner.store import JobStore, MemoryJobStore
-from airunner.store.sqs import DEFAULT_EVENTS_TABLE, SQSJobStore
+from airunner.store.sqs import DEFAULT_EVENTS_TABLE, QueueUnusable, SQSJobStore
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ async def open_store(settings: StoreSettings) -> AsyncIterator[JobStore]:
     if isinstance(settings, MemoryStoreSettings):
         log.info("Using in-memory job store")
         yield MemoryJobStore(
+            queues=settings.queues,
             default_visibility_timeout=settings.default_visibility_timeout,
             token_secret=settings.token_signing_secret,
             max_attempts=settings.max_attempts,
@@ -67,7 +68,7 @@ async def open_store(settings: StoreSettings) -> AsyncIterator[JobStore]:
         )
         try:
             await store.check_resources()
-        except (BotoCoreError, ClientError) as e:
+        except (BotoCoreError, ClientError, QueueUnusable) as e:
             raise ConfigError(f"failed to create SQS store: {e}") from None
         log.info("Using SQS/DynamoDB job store")
         yield store

@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,7 +22,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from airunner.aws import AwsClients, open_aws_clients
-from airunner.store.sqs import Resources, SQSJobStore, create_resources
+from airunner.store.sqs import QUEUE_NAMES, Resources, SQSJobStore, create_resources
 from tests.helpers import ROOT, clean_env
 
 _names = itertools.count()
@@ -30,7 +30,10 @@ _names = itertools.count()
 
 @asynccontextmanager
 async def open_sqs_store(
-    *, token_secret: bytes = b"contract-secret", **options: Any
+    *,
+    token_secret: bytes = b"contract-secret",
+    queues: Sequence[str] = QUEUE_NAMES,
+    **options: Any,
 ) -> AsyncIterator[tuple[SQSJobStore, AwsClients, Resources]]:
     """An SQS/DynamoDB store on fresh queues and tables, its actors running.
 
@@ -39,7 +42,11 @@ async def open_sqs_store(
     name = f"t{next(_names)}-{uuid.uuid4().hex[:8]}"
     async with open_aws_clients() as aws:
         resources = await create_resources(
-            aws, environment=name, jobs_table=f"jobs-{name}", events_table=f"events-{name}"
+            aws,
+            environment=name,
+            jobs_table=f"jobs-{name}",
+            events_table=f"events-{name}",
+            queues=queues,
         )
         async with running_sqs_store(
             aws, resources, token_secret=token_secret, **options

@@ -22,7 +22,7 @@ from ._event_tail import INTERVAL_SECONDS as TAIL_INTERVAL_SECONDS
 from ._event_tail import EventTail
 from ._event_writer import EventWriter
 from ._http_front import HttpFront
-from ._queue_poller import QueuePoller
+from ._queue_poller import QueuePoller, take_first
 from ._receiver import Received
 from ._supervisor import RESTART_BACKOFF_INITIAL, supervise
 from ._visibility_extender import VisibilityExtender
@@ -43,4 +43,5 @@ __all__ = [
     "VisibilityExtender",
     "VisibilitySweeper",
     "supervise",
+    "take_first",
 ]

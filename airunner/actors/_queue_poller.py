@@ -1,10 +1,12 @@
-"""QueuePoller: long-polls one SQS queue while dequeuers wait, and hands messages to them."""
+"""QueuePoller: long-polls one SQS queue while dequeuers wait, and hands messages to them.
+
+A dequeuer of several queues waits on each of their pollers at once (``take_first``).
+"""
 
 from __future__ import annotations
 
 import logging
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +24,52 @@ log = logging.getLogger(__name__)
 
 @dataclass(eq=False)
 class _Waiter:
+    """One dequeuer, waiting on the pollers of its queues; the first message that
+    any of them hands it fills it, and it leaves them all at once."""
+
+    # The pollers of its queues, in the dequeuer's order.
+    pollers: Sequence[QueuePoller]
     arrived: trio.Event = field(default_factory=trio.Event)
     received: Received | None = None
+    # The poller whose message filled it.
+    filled_by: QueuePoller | None = None
+
+    def fill(self, poller: QueuePoller, received: Received) -> None:
+        self.received = received
+        self.filled_by = poller
+        self.leave()
+        self.arrived.set()
+
+    def leave(self) -> None:
+        for poller in self.pollers:
+            poller._leave(self)
+
+
+async def take_first(pollers: Sequence[QueuePoller]) -> tuple[QueuePoller, Received]:
+    """The next message of any of the pollers' queues, and the poller it came from.
+
+    The waiter joins every poller at once; whichever receives a message for it
+    first fills it. A poller hands each message it receives to the waiter that
+    ranks its queue highest (a waiter of this queue alone before one for whom it
+    is a fallback), so earlier queues are preferred roughly, never waited for.
+
+    Cancellation:
+        Safe: a waiter cancelled before a message reached it takes none; one
+        that reached it in the same instant is given back.
+    """
+    waiter = _Waiter(pollers)
+    for rank, poller in enumerate(pollers):
+        poller._join(waiter, rank)
+    try:
+        await waiter.arrived.wait()
+    except BaseException:
+        waiter.leave()
+        if waiter.filled_by is not None and waiter.received is not None:
+            waiter.filled_by.give_back_soon(waiter.received)
+        raise
+    assert waiter.filled_by is not None
+    assert waiter.received is not None
+    return waiter.filled_by, waiter.received
 
 
 class QueuePoller:
@@ -35,10 +81,11 @@ class QueuePoller:
     the next message until its visibility ran out. A failed receive is logged
     and tried again after a backoff; the waiters keep waiting.
 
-    Waiters queue in a deque, not a memory channel: a waiter that is cancelled
-    must leave the line at once, so that the next poll asks for no message
-    nobody will take (SQS counts every receive towards the dead-letter limit),
-    and a request already sent into a channel cannot be taken back.
+    Waiters queue in a list, not a memory channel: a waiter that is cancelled,
+    or filled by another queue's poller, must leave the line at once, so that
+    the next poll asks for no message nobody will take (SQS counts every
+    receive towards the dead-letter limit), and a request already sent into a
+    channel cannot be taken back.
 
     Args:
         sqs: The client.
@@ -67,30 +114,30 @@ class QueuePoller:
         self._sqs = sqs
         self._hold_seconds = hold_seconds
         self._give_back = give_back
-        self._waiters: deque[_Waiter] = deque()
+        # Each waiter with the rank of this queue in its list (0: its first).
+        self._waiters: dict[_Waiter, int] = {}
         self._wanted = Wakeup()
         self._returns: trio.Nursery | None = None
 
     async def take(self) -> Received:
-        """The next message of the queue, as soon as one arrives.
+        """The next message of the queue, as soon as one arrives (``take_first``
+        of this poller alone)."""
+        _, received = await take_first([self])
+        return received
 
-        Cancellation:
-            Safe: a waiter cancelled before a message reached it takes none; one
-            that reached it in the same instant is given back.
-        """
-        waiter = _Waiter()
-        self._waiters.append(waiter)
+    def _join(self, waiter: _Waiter, rank: int) -> None:
+        self._waiters[waiter] = rank
         self._wanted.wake()
-        try:
-            await waiter.arrived.wait()
-        except BaseException:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-            elif waiter.received is not None:
-                self.give_back_soon(waiter.received)
-            raise
-        assert waiter.received is not None
-        return waiter.received
+
+    def _leave(self, waiter: _Waiter) -> None:
+        self._waiters.pop(waiter, None)
+
+    def _next_waiter(self) -> _Waiter | None:
+        """The waiter to hand a message to: the best rank, then the longest waiting."""
+        if not self._waiters:
+            return None
+        # Dicts keep insertion order, and min keeps the first of equals.
+        return min(self._waiters, key=self._waiters.__getitem__)
 
     def give_back_soon(self, received: Received) -> None:
         """Give ``received`` back in the background (from a task being cancelled, say)."""
@@ -118,10 +165,10 @@ class QueuePoller:
         while True:
             while not self._waiters:
                 await self._wanted.wait()
+            # Waiters filled by another queue's poller meanwhile have left.
             for received in await receiver.receive(len(self._waiters), self._hold_seconds):
-                if self._waiters:
-                    waiter = self._waiters.popleft()
-                    waiter.received = received
-                    waiter.arrived.set()
+                waiter = self._next_waiter()
+                if waiter is not None:
+                    waiter.fill(self, received)
                 else:
                     self.give_back_soon(received)

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import tempfile
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import trio
 
 from airunner import telemetry
 from airunner.client import DEFAULT_MAX_CALLS
-from airunner.store import rules
+from airunner.store import InvalidArgument, rules
 from airunner.worker import (
     WORKER_SECRETS,
     JobUser,
@@ -35,7 +36,19 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "worker", parents=[client_options()], help="take jobs from a queue and run them"
     )
     telemetry.add_log_format_option(worker)
-    worker.add_argument("--queue", default="default")
+    worker.add_argument(
+        "--queue",
+        action="append",
+        metavar="NAME",
+        help="take jobs from this queue; repeat it to serve several, the first first "
+        "(a job of a later queue only when the earlier ones have none; default: default)",
+    )
+    worker.add_argument(
+        "--name",
+        default=socket.gethostname(),
+        help="recorded on the jobs this worker takes (default: the host name, "
+        f"{socket.gethostname()})",
+    )
     worker.add_argument(
         "--visibility-timeout",
         type=int,
@@ -76,6 +89,13 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--concurrency must be 1 or more")
     if args.drain_timeout < 0:
         raise CliError("--drain-timeout must not be negative")
+    queues = tuple(dict.fromkeys(args.queue or ["default"]))
+    if not all(queues):
+        raise CliError("--queue needs a queue name")
+    try:
+        rules.check_worker_name(args.name)
+    except InvalidArgument as e:
+        raise CliError(f"--name: {e}") from None
     try:
         job_user = JobUser.named(args.job_user) if args.job_user is not None else None
     except JobUserError as e:
@@ -97,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
             "pass --job-user NAME to run them as another user"
         )
     settings = WorkerSettings(
-        queue=args.queue,
+        queues=queues,
+        name=args.name,
         visibility_timeout=args.visibility_timeout,
         concurrency=args.concurrency,
         work_dir=args.work_dir,
@@ -111,10 +132,15 @@ def run(args: argparse.Namespace) -> int:
         # retrying for ever and looking alive.
         error = first_leaf(refused).error
         raise CliError(
-            f"the server at {args.server} refused to give jobs from queue "
-            f"{settings.queue}: {error.code.value}: {error.message}"
+            f"the server at {args.server} refused to give jobs from "
+            f"{_queues_text(settings.queues)}: {error.code.value}: {error.message}"
         ) from None
     return 0
+
+
+def _queues_text(queues: tuple[str, ...]) -> str:
+    """``queue default``, or ``queues priority, default`` (in the worker's order)."""
+    return f"queue{'s' if len(queues) > 1 else ''} {', '.join(queues)}"
 
 
 def _guard_secrets() -> None:
@@ -135,8 +161,9 @@ async def _serve(args: argparse.Namespace, settings: WorkerSettings) -> None:
     async with make_client(args, max_calls=max_calls) as client:
         worker = Worker(client, settings)
         log.info(
-            "worker polling queue %s on %s (concurrency %d)",
-            settings.queue,
+            "worker %s polling %s on %s (concurrency %d)",
+            settings.name,
+            _queues_text(settings.queues),
             client.server,
             settings.concurrency,
         )

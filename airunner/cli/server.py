@@ -30,6 +30,7 @@ from airunner.store.sqs import (
     DEFAULT_JOBS_TABLE,
     Resources,
     create_resources,
+    queue_names,
 )
 
 from ._common import first_leaf
@@ -76,6 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="runs a job may have; the queues move a message to their dead-letter queue "
         f"after as many receives (default {rules.DEFAULT_MAX_ATTEMPTS})",
     )
+    init.add_argument(
+        "--queue",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="make this queue too (repeatable), besides default and priority; the server "
+        "serves it from AIRUNNER_SQS_QUEUE_<NAME> (upper case, '-' as '_'), as printed",
+    )
     args = parser.parse_args(argv)
     if args.command == "init-aws":
         return _init_aws(args)
@@ -106,6 +115,11 @@ def _init_aws(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    try:
+        queues = queue_names(args.environment, args.queue)
+    except ConfigError as e:
+        print(f"airunner-server: error: {e}", file=sys.stderr)
+        return 1
 
     async def create() -> Resources:
         async with open_aws_clients() as aws:
@@ -115,6 +129,7 @@ def _init_aws(args: argparse.Namespace) -> int:
                 jobs_table=args.jobs_table,
                 events_table=args.events_table,
                 max_attempts=args.max_attempts,
+                queues=queues,
             )
 
     try:

@@ -112,7 +112,9 @@ class _JobRecord:
 @dataclass(eq=False)
 class _Queue:
     ready: list[tuple[int, str]] = field(default_factory=list)
-    waiters: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
+    # One event per dequeuer waiting on this queue; a dequeuer of several
+    # queues puts its one event in each, and any of them wakes it.
+    waiters: set[trio.Event] = field(default_factory=set)
 
 
 class _Subscriber:
@@ -174,7 +176,8 @@ class MemoryJobStore:
     """A JobStore kept in this process's memory; nothing survives a restart.
 
     Args:
-        queues: The queue names jobs may be enqueued to.
+        queues: The queue names jobs may be enqueued to (checked by the caller:
+            ``config`` reads them from AIRUNNER_QUEUES).
         default_visibility_timeout: Seconds a delivery stays invisible when the
             dequeuer does not say.
         token_secret: HMAC secret for task tokens; random when not given, so
@@ -236,12 +239,12 @@ class MemoryJobStore:
         now = _now()
         job = Job(
             job_id=new_job_id(),
+            queue=queue,
             job_params=copy.deepcopy(params),
             state=JobState.SCHEDULED,
             created_at=now,
             updated_at=now,
             execution_config=rules.default_execution_config(),
-            queue=queue,
         )
         record = _JobRecord(
             job=job,
@@ -269,13 +272,24 @@ class MemoryJobStore:
         names = rules.check_queues(queues, self._queues)
         visibility = rules.visibility_timeout(visibility_timeout_seconds, self._default_visibility)
         worker_name = rules.check_worker_name(worker_name)
-        waiting = self._queues[names[0]]  # queues helper: more queues
+        waiting = [self._queues[name] for name in names]
         with trio.move_on_at(deadline):
             while True:
-                if waiting.ready:
-                    _, job_id = heapq.heappop(waiting.ready)
-                    return self._deliver(self._jobs[job_id], visibility, worker_name)
-                await waiting.waiters.park()
+                # The first queue in the caller's order that has a job gives it.
+                for queue in waiting:
+                    if queue.ready:
+                        _, job_id = heapq.heappop(queue.ready)
+                        return self._deliver(self._jobs[job_id], visibility, worker_name)
+                # Nothing awaits between the look above and joining the waiters:
+                # no job made ready in between is missed.
+                readied = trio.Event()
+                for queue in waiting:
+                    queue.waiters.add(readied)
+                try:
+                    await readied.wait()
+                finally:
+                    for queue in waiting:
+                        queue.waiters.discard(readied)
         return None
 
     async def release_job(self, task_token: str) -> None:
@@ -585,7 +599,9 @@ class MemoryJobStore:
         heapq.heappush(waiting.ready, (record.order, record.job.job_id))
         # Every waiter looks again; the first to run takes the job. Waking only
         # one could strand the job behind a waiter that is being cancelled.
-        waiting.waiters.unpark_all()
+        for readied in waiting.waiters:
+            readied.set()
+        waiting.waiters.clear()
 
     def _set_visible_until(self, record: _JobRecord, deadline: float) -> None:
         record.visible_until = deadline

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import trio
@@ -34,7 +34,7 @@ BACKOFF_INITIAL_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 30.0
 # One DequeueJob asks for at most this many jobs (the server's limit).
 MAX_JOBS_PER_POLL = 10
-# Answers to a poll that asking again will not change: the queue is not served
+# Answers to a poll that asking again will not change: a queue is not served
 # there, or the token is refused. The worker stops instead of retrying.
 REFUSALS = frozenset(
     {
@@ -57,7 +57,11 @@ class PollRefused(Exception):
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    queue: str = "default"
+    # The queues to take jobs from, the first first: a job of a later queue
+    # only when the earlier ones have none.
+    queues: tuple[str, ...] = ("default",)
+    # Recorded on the jobs it takes (Job.worker): the host name, say.
+    name: str = ""
     visibility_timeout: int = 300
     concurrency: int = 1
     work_dir: Path = Path("/tmp")
@@ -89,7 +93,8 @@ class Worker:
 
     async def run(self) -> None:
         executor_settings = ExecutorSettings(
-            queue=self._settings.queue,
+            # Each job's own queue replaces it (_run_job).
+            queue=self._settings.queues[0],
             visibility_timeout=self._settings.visibility_timeout,
             work_dir=self._settings.work_dir,
             kill_grace=self._settings.kill_grace,
@@ -142,10 +147,13 @@ class Worker:
         self, wanted: int, jobs: trio.Nursery, executor_settings: ExecutorSettings
     ) -> int:
         """One DequeueJob; starts each delivered job. Returns how many came."""
+        first, *more = self._settings.queues
         request = DequeueJobRequest(
-            queue=self._settings.queue,
+            queue=first,
+            more_queues=more,
             max_jobs=wanted,
             visibility_timeout_seconds=self._settings.visibility_timeout,
+            worker_name=self._settings.name,
         )
         received = 0
         failure: ConnectError | None = None
@@ -192,6 +200,9 @@ class Worker:
         log.info("job %s arrived while stopping; leaving it to another worker", job_id)
 
     async def _run_job(self, delivery: DequeueJobResponse, settings: ExecutorSettings) -> None:
+        if delivery.job is not None and delivery.job.queue:
+            # Its heartbeats name its queue, whichever of ours it came from.
+            settings = replace(settings, queue=delivery.job.queue)
         try:
             await JobExecutor(
                 self._client, delivery, settings, kill=self.kill, reaper=self._reaper

@@ -52,6 +52,31 @@ resource "aws_sqs_queue" "priority" {
   })
 }
 
+# One more queue, with its dead-letter queue, per name in var.extra_queues:
+# the same settings as the two above.
+
+resource "aws_sqs_queue" "extra_dlq" {
+  for_each                   = toset(var.extra_queues)
+  name                       = "${local.name}-${each.key}-dlq"
+  visibility_timeout_seconds = local.queue_visibility_timeout
+  receive_wait_time_seconds  = local.queue_receive_wait
+  message_retention_seconds  = local.queue_retention
+  sqs_managed_sse_enabled    = true
+}
+
+resource "aws_sqs_queue" "extra" {
+  for_each                   = toset(var.extra_queues)
+  name                       = "${local.name}-${each.key}"
+  visibility_timeout_seconds = local.queue_visibility_timeout
+  receive_wait_time_seconds  = local.queue_receive_wait
+  message_retention_seconds  = local.queue_retention
+  sqs_managed_sse_enabled    = true
+  redrive_policy = jsonencode({
+    deadLetterTargetArn = aws_sqs_queue.extra_dlq[each.key].arn
+    maxReceiveCount     = local.max_receive_count
+  })
+}
+
 # DynamoDB: jobs (GSI1 lists a queue newest first; a request id's job is found
 # by its claim item, so no index on request_id) and job events (one item per
 # event, expired by TTL). docs/ARCHITECTURE.md has the data model.

@@ -74,6 +74,14 @@ locals {
     { name = "OTEL_RESOURCE_ATTRIBUTES", value = "deployment.environment=${var.environment}" },
   ]
 
+  # Queue NAME of var.extra_queues is served from AIRUNNER_SQS_QUEUE_<NAME>.
+  extra_queue_environment = [
+    for name, queue in aws_sqs_queue.extra : {
+      name  = "AIRUNNER_SQS_QUEUE_${upper(replace(name, "-", "_"))}"
+      value = queue.url
+    }
+  ]
+
   task_secrets = concat(
     [
       { name = "JWT_PUBLIC_KEY", valueFrom = aws_ssm_parameter.jwt_public_key.arn },
@@ -105,7 +113,7 @@ resource "aws_ecs_task_definition" "server" {
       essential              = true
       command                = ["airunner-server", "rpc-server", "--listen", "0.0.0.0:${local.container_port}"]
       portMappings           = [{ containerPort = local.container_port, protocol = "tcp" }]
-      environment            = local.task_environment
+      environment            = concat(local.task_environment, local.extra_queue_environment)
       secrets                = local.task_secrets
       readonlyRootFilesystem = true
       # ECS sends SIGTERM, then SIGKILL after this; the server drains within 25 s.

@@ -49,12 +49,16 @@ resource "aws_iam_role_policy" "task_sqs_dynamodb" {
           "sqs:GetQueueAttributes",
           "sqs:GetQueueUrl"
         ]
-        Resource = [
-          aws_sqs_queue.default.arn,
-          aws_sqs_queue.default_dlq.arn,
-          aws_sqs_queue.priority.arn,
-          aws_sqs_queue.priority_dlq.arn
-        ]
+        Resource = concat(
+          [
+            aws_sqs_queue.default.arn,
+            aws_sqs_queue.default_dlq.arn,
+            aws_sqs_queue.priority.arn,
+            aws_sqs_queue.priority_dlq.arn
+          ],
+          [for queue in aws_sqs_queue.extra : queue.arn],
+          [for queue in aws_sqs_queue.extra_dlq : queue.arn]
+        )
       },
       {
         Sid    = "AllowDynamoDBOperations"

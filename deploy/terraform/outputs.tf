@@ -1,21 +1,40 @@
 output "sqs_queue_urls" {
-  description = "Queue URLs by queue name (dead-letter queues under *_dlq)"
-  value = {
-    default      = aws_sqs_queue.default.url
-    default_dlq  = aws_sqs_queue.default_dlq.url
-    priority     = aws_sqs_queue.priority.url
-    priority_dlq = aws_sqs_queue.priority_dlq.url
-  }
+  description = "Queue URLs by queue name (dead-letter queues under *_dlq), extra_queues included"
+  value = merge(
+    {
+      default      = aws_sqs_queue.default.url
+      default_dlq  = aws_sqs_queue.default_dlq.url
+      priority     = aws_sqs_queue.priority.url
+      priority_dlq = aws_sqs_queue.priority_dlq.url
+    },
+    { for name, queue in aws_sqs_queue.extra : name => queue.url },
+    { for name, queue in aws_sqs_queue.extra_dlq : "${name}_dlq" => queue.url }
+  )
 }
 
 output "sqs_queue_arns" {
-  description = "Queue ARNs by queue name"
-  value = {
-    default      = aws_sqs_queue.default.arn
-    default_dlq  = aws_sqs_queue.default_dlq.arn
-    priority     = aws_sqs_queue.priority.arn
-    priority_dlq = aws_sqs_queue.priority_dlq.arn
-  }
+  description = "Queue ARNs by queue name, extra_queues included"
+  value = merge(
+    {
+      default      = aws_sqs_queue.default.arn
+      default_dlq  = aws_sqs_queue.default_dlq.arn
+      priority     = aws_sqs_queue.priority.arn
+      priority_dlq = aws_sqs_queue.priority_dlq.arn
+    },
+    { for name, queue in aws_sqs_queue.extra : name => queue.arn },
+    { for name, queue in aws_sqs_queue.extra_dlq : "${name}_dlq" => queue.arn }
+  )
+}
+
+output "sqs_queue_environment" {
+  description = "The server's AIRUNNER_SQS_QUEUE_<NAME> variables, one per queue"
+  value = merge(
+    {
+      AIRUNNER_SQS_QUEUE_DEFAULT  = aws_sqs_queue.default.url
+      AIRUNNER_SQS_QUEUE_PRIORITY = aws_sqs_queue.priority.url
+    },
+    { for entry in local.extra_queue_environment : entry.name => entry.value }
+  )
 }
 
 output "dynamodb_jobs_table_name" {

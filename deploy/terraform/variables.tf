@@ -49,6 +49,25 @@ variable "max_attempts" {
   }
 }
 
+variable "extra_queues" {
+  description = "Queues besides default and priority, each with a dead-letter queue like theirs; the server serves queue NAME from AIRUNNER_SQS_QUEUE_<NAME> (upper case, '-' as '_')"
+  type        = list(string)
+  default     = []
+
+  validation {
+    # 46: the longest that keeps airunner-{environment}-{name}-dlq within SQS's 80 characters.
+    condition = alltrue([
+      for name in var.extra_queues : can(regex("^[a-z0-9][a-z0-9-]{0,45}$", name))
+    ])
+    error_message = "extra_queues: each name must be 1-46 lowercase letters, digits or dashes, starting with a letter or digit."
+  }
+
+  validation {
+    condition     = length(distinct(var.extra_queues)) == length(var.extra_queues) && !contains(var.extra_queues, "default") && !contains(var.extra_queues, "priority")
+    error_message = "extra_queues: each name once, and neither default nor priority (always made)."
+  }
+}
+
 variable "events_ttl_days" {
   description = "Days job events are kept in DynamoDB (AIRUNNER_EVENTS_TTL_DAYS; 0 keeps them)"
   type        = number

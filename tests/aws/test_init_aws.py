@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from airunner.config import SQSStoreSettings, store_settings_from_env
 from tests.helpers import clean_env, tool
 
 pytestmark = pytest.mark.aws
@@ -92,3 +93,59 @@ def test_unreachable_endpoint_is_one_line(aws_env: dict[str, str]) -> None:
     assert done.returncode == 1
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("airunner-server: error: cannot create the AWS resources:")
+
+
+def test_queue_makes_more_queues_each_with_its_dead_letter_queue(
+    aws_env: dict[str, str], boto: tuple[Any, Any]
+) -> None:
+    sqs, _ = boto
+    done = init_aws(
+        aws_env, "--environment", "extras", "--queue", "gpu-large", "--queue", "nightly"
+    )
+    assert done.returncode == 0, done.stderr
+    settings = exports(done.stdout)
+    queues = {
+        name: settings[f"AIRUNNER_SQS_QUEUE_{variable}"]
+        for name, variable in [
+            ("default", "DEFAULT"),
+            ("priority", "PRIORITY"),
+            ("gpu-large", "GPU_LARGE"),
+            ("nightly", "NIGHTLY"),
+        ]
+    }
+    assert len([name for name in settings if name.startswith("AIRUNNER_SQS_QUEUE_")]) == 4
+    for name, url in queues.items():
+        assert url.endswith(f"/airunner-extras-{name}")
+        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        assert attributes["VisibilityTimeout"] == "300"
+        assert attributes["SqsManagedSseEnabled"] == "true"
+        redrive = json.loads(attributes["RedrivePolicy"])
+        assert int(redrive["maxReceiveCount"]) == 3
+        assert redrive["deadLetterTargetArn"].endswith(f":airunner-extras-{name}-dlq")
+    # The server reads exactly these queues from the printed lines.
+    store = store_settings_from_env(settings | {"AIRUNNER_TOKEN_SIGNING_SECRET": "s"})
+    assert isinstance(store, SQSStoreSettings)
+    assert store.queue_urls == queues
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("GPU", "--queue: bad queue name 'GPU': a queue name is 1 to 80 lower-case letters"),
+        # 81 characters with the environment's name and "-dlq".
+        (
+            "q" * 60,
+            "makes the SQS queue name 'airunner-badname-" + "q" * 60 + "-dlq', longer than",
+        ),
+    ],
+)
+def test_a_bad_queue_name_is_one_line_and_makes_nothing(
+    aws_env: dict[str, str], boto: tuple[Any, Any], name: str, message: str
+) -> None:
+    sqs, _ = boto
+    done = init_aws(aws_env, "--environment", "badname", "--queue", "fine", "--queue", name)
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("airunner-server: error: ")
+    assert message in line
+    assert not sqs.list_queues(QueueNamePrefix="airunner-badname-").get("QueueUrls")

@@ -33,6 +33,26 @@ def test_missing_table_is_one_line(sqs_env: dict[str, str]) -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_a_missing_extra_queue_is_one_line_naming_it(sqs_env: dict[str, str]) -> None:
+    # A queue URL of the right shape whose queue was never made.
+    missing = sqs_env["AIRUNNER_SQS_QUEUE_DEFAULT"].rsplit("/", 1)[0] + "/airunner-gone-nightly"
+    env = sqs_env | {"AIRUNNER_SQS_QUEUE_NIGHTLY": missing}
+    done = subprocess.run(
+        [tool("airunner-server"), "rpc-server", "--no-auth", "--listen", "127.0.0.1:0"],
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"airunner-server: error: failed to create SQS store: queue nightly ({missing}):"
+    )
+    assert "Traceback" not in done.stderr
+
+
 @pytest.fixture
 async def sqs_server(sqs_env: dict[str, str]) -> AsyncIterator[str]:
     async with server_process("--no-auth", **sqs_env) as server:

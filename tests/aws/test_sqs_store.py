@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from airunner.api.job.v1.job_pb import JobState
 from airunner.store import EventQuery, InvalidArgument, TaskTokenSigner
@@ -117,6 +118,45 @@ async def test_a_message_received_too_often_reaches_the_dead_letter_reader(
             QueueUrl=dead_letters, AttributeNames=["ApproximateNumberOfMessages"]
         )
         assert attributes["Attributes"]["ApproximateNumberOfMessages"] == "0"
+
+
+async def test_a_queue_of_its_own_has_its_poller_and_dead_letter_reader(
+    aws_env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    queues = ("default", "nightly")
+    async with open_sqs_store(token_secret=SECRET, queues=queues) as (store, aws, resources):
+        names = {actor.name for actor in store.actors()}
+        for queue in queues:
+            assert {f"queue poller ({queue})", f"dead-letter reader ({queue})"} <= names
+        # The start-up check found the dead-letter queue of the queue's redrive policy.
+        dead_letters = resources.dead_letter_queue_urls["nightly"]
+        await aws.sqs.send_message(QueueUrl=dead_letters, MessageBody="not a job")
+        await eventually(lambda: "deleting a poison message from dead letters" in caplog.text)
+
+
+async def test_a_message_goes_to_the_waiter_whose_first_queue_it_is(
+    aws_env: dict[str, str],
+) -> None:
+    async with open_sqs_store(token_secret=SECRET) as (store, _, _):
+        taken: dict[str, str] = {}
+
+        async def wait(name: str, queues: list[str]) -> None:
+            delivery = await store.dequeue_job(queues, 60, deadline=trio.current_time() + 15)
+            assert delivery is not None
+            taken[name] = delivery.job.job_id
+
+        async with trio.open_nursery() as nursery:
+            # The one waiting longer has default only as its fallback.
+            nursery.start_soon(wait, "both", ["priority", "default"])
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(wait, "default only", ["default"])
+            await trio.testing.wait_all_tasks_blocked()
+            low = await store.enqueue_job(request_id(), "default", params())
+            await eventually(lambda: bool(taken))
+            assert taken == {"default only": low.job_id}
+            high = await store.enqueue_job(request_id(), "priority", params())
+        assert taken == {"default only": low.job_id, "both": high.job_id}
 
 
 async def test_events_are_written_25_items_per_batch_at_most(aws_env: dict[str, str]) -> None:

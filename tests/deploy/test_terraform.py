@@ -19,6 +19,8 @@ from tests.helpers import ROOT
 pytestmark = pytest.mark.deploy
 
 QUEUES = ("default", "default_dlq", "priority", "priority_dlq")
+# One of each per name in var.extra_queues.
+EXTRA_QUEUES = ("extra", "extra_dlq")
 SQS_ACTIONS = {
     "sqs:ReceiveMessage",
     "sqs:SendMessage",
@@ -62,7 +64,7 @@ def test_random_provider_is_required(module: Module) -> None:
 
 
 def test_four_queues_with_their_names_and_settings(module: Module) -> None:
-    assert set(module.of_type("aws_sqs_queue")) == set(QUEUES)
+    assert set(module.of_type("aws_sqs_queue")) == {*QUEUES, *EXTRA_QUEUES}
     assert module.resolve("${local.name}") == "airunner-${var.environment}"
     for name in QUEUES:
         queue = module.resource("aws_sqs_queue", name)
@@ -85,6 +87,89 @@ def test_each_queue_sends_to_its_dead_letter_queue_after_max_attempts_receives(
     assert module.resolve(redrive["maxReceiveCount"]) == _ref("var.max_attempts")
     assert module.variables["max_attempts"]["default"] == 3
     assert "redrive_policy" not in module.resource("aws_sqs_queue", f"{name}_dlq")
+
+
+def test_extra_queues_are_made_like_the_default_queue_each_with_its_dead_letter_queue(
+    module: Module,
+) -> None:
+    variable = module.variables["extra_queues"]
+    assert variable["type"] == "${list(string)}"
+    assert variable["default"] == []
+    for name, like in (("extra", "default"), ("extra_dlq", "default_dlq")):
+        queue = module.resource("aws_sqs_queue", name)
+        assert queue["for_each"] == "${toset(var.extra_queues)}"
+        default = module.resource("aws_sqs_queue", like)
+        settings = {"for_each", "name", "redrive_policy"}
+        assert {k: v for k, v in queue.items() if k not in settings} == {
+            k: v for k, v in default.items() if k not in settings
+        }
+    assert module.resolve(module.resource("aws_sqs_queue", "extra")["name"]) == (
+        "airunner-${var.environment}-${each.key}"
+    )
+    assert module.resolve(module.resource("aws_sqs_queue", "extra_dlq")["name"]) == (
+        "airunner-${var.environment}-${each.key}-dlq"
+    )
+    redrive = decode(module.resource("aws_sqs_queue", "extra")["redrive_policy"])
+    assert redrive["deadLetterTargetArn"] == _ref("aws_sqs_queue.extra_dlq[each.key].arn")
+    assert module.resolve(redrive["maxReceiveCount"]) == _ref("var.max_attempts")
+    assert "redrive_policy" not in module.resource("aws_sqs_queue", "extra_dlq")
+
+
+def _terraform_regex(condition: str) -> str:
+    found = re.search(r'regex\("(?P<pattern>[^"]+)", name\)', condition)
+    assert found, condition
+    return found["pattern"]
+
+
+@pytest.mark.parametrize(
+    ("name", "accepted"),
+    [
+        ("builds", True),
+        ("gpu-large", True),
+        ("0nightly", True),
+        ("q" * 46, True),
+        # airunner-{20-character environment}-{name}-dlq would pass SQS's 80.
+        ("q" * 47, False),
+        ("Builds", False),
+        ("my_queue", False),
+        ("-x", False),
+        ("", False),
+    ],
+)
+def test_extra_queue_names_are_the_servers_queue_names(
+    module: Module, name: str, accepted: bool
+) -> None:
+    from airunner.config import QUEUE_NAME
+
+    names, others = module.variables["extra_queues"]["validation"]
+    pattern = _terraform_regex(names["condition"])
+    assert bool(re.fullmatch(pattern, name)) == accepted
+    if accepted:
+        assert QUEUE_NAME.fullmatch(name)
+        longest = f"airunner-{'e' * 20}-{name}-dlq"
+        assert len(longest) <= 80
+    # Names once each, and never the two queues the module always makes.
+    assert "distinct(var.extra_queues)" in others["condition"]
+    for always in ("default", "priority"):
+        assert f'!contains(var.extra_queues, "{always}")' in others["condition"]
+
+
+@pytest.mark.parametrize("name", ["builds", "gpu-large", "a-b-c"])
+def test_extra_queues_reach_the_server_as_its_queue_variables(module: Module, name: str) -> None:
+    from airunner.config import queue_variable, sqs_queue_urls
+
+    environment = module.locals["extra_queue_environment"]
+    template = (
+        "${[for name, queue in aws_sqs_queue.extra : "
+        '{name = "AIRUNNER_SQS_QUEUE_${upper(replace(name, "-", "_"))}", value = queue.url}]}'
+    )
+    assert environment == template
+    # What Terraform's upper(replace(name, "-", "_")) makes of the name...
+    variable = "AIRUNNER_SQS_QUEUE_" + name.replace("-", "_").upper()
+    # ...is the server's variable for that queue, and the server reads it so.
+    assert variable == queue_variable(name)
+    urls = sqs_queue_urls({"AIRUNNER_SQS_QUEUE_DEFAULT": "u0", variable: "u1"})
+    assert urls == {"default": "u0", name: "u1"}
 
 
 def _attributes(table: dict[str, Any]) -> dict[str, str]:
@@ -175,7 +260,18 @@ def test_outputs_name_every_queue_table_and_parameter(module: Module) -> None:
     for kind in ("urls", "arns"):
         value = outputs[f"sqs_queue_{kind}"]["value"]
         attribute = "url" if kind == "urls" else "arn"
-        assert value == {name: _ref(f"aws_sqs_queue.{name}.{attribute}") for name in QUEUES}
+        fixed = ", ".join(f"{name} = aws_sqs_queue.{name}.{attribute}" for name in QUEUES)
+        assert value == (
+            f"${{merge({{{fixed}}}, "
+            f"{{for name, queue in aws_sqs_queue.extra : name => queue.{attribute}}}, "
+            "{for name, queue in aws_sqs_queue.extra_dlq : "
+            f'"${{name}}_dlq" => queue.{attribute}}})}}'
+        )
+    assert outputs["sqs_queue_environment"]["value"] == (
+        "${merge({AIRUNNER_SQS_QUEUE_DEFAULT = aws_sqs_queue.default.url, "
+        "AIRUNNER_SQS_QUEUE_PRIORITY = aws_sqs_queue.priority.url}, "
+        "{for entry in local.extra_queue_environment : entry.name => entry.value})}"
+    )
     assert outputs["dynamodb_jobs_table_name"]["value"] == _ref("aws_dynamodb_table.jobs.name")
     assert outputs["dynamodb_jobs_table_arn"]["value"] == _ref("aws_dynamodb_table.jobs.arn")
     assert outputs["dynamodb_events_table_name"]["value"] == _ref(
@@ -212,7 +308,12 @@ def test_task_role_may_use_the_queues_and_tables(module: Module) -> None:
     assert sqs["Effect"] == dynamodb["Effect"] == "Allow"
     # GetQueueUrl: the start-up check finds the dead-letter queues.
     assert set(sqs["Action"]) == SQS_ACTIONS | {"sqs:GetQueueUrl"}
-    assert set(sqs["Resource"]) == {_ref(f"aws_sqs_queue.{name}.arn") for name in QUEUES}
+    fixed = ", ".join(f"aws_sqs_queue.{name}.arn" for name in QUEUES)
+    assert sqs["Resource"] == (
+        f"${{concat([{fixed}], "
+        "[for queue in aws_sqs_queue.extra : queue.arn], "
+        "[for queue in aws_sqs_queue.extra_dlq : queue.arn])}"
+    )
     assert set(dynamodb["Action"]) == DYNAMODB_ACTIONS | {
         "dynamodb:BatchGetItem",
         "dynamodb:DescribeTable",
@@ -311,9 +412,13 @@ def test_task_definition_environment_is_the_servers(module: Module) -> None:
     assert module.variables["events_ttl_days"]["default"] == 30
     assert module.variables["max_attempts"]["default"] == 3
     # Every AIRUNNER_ variable is one the server reads.
+    from airunner.config import queue_variable
+
     config = (ROOT / "airunner" / "config.py").read_text()
     for name in environment:
-        if name.startswith("AIRUNNER_"):
+        if name in (queue_variable("default"), queue_variable("priority")):
+            assert 'SQS_QUEUE_PREFIX = "AIRUNNER_SQS_QUEUE_"' in config
+        elif name.startswith("AIRUNNER_"):
             assert f'"{name}"' in config, name
 
 
@@ -339,7 +444,9 @@ def test_task_definition_runs_the_server_with_both_roles(module: Module) -> None
     assert task["execution_role_arn"] == _ref("aws_iam_role.execution.arn")
     assert task["requires_compatibilities"] == ["FARGATE"]
     (container,) = decode(task["container_definitions"])
-    assert container["environment"] == _ref("local.task_environment")
+    assert container["environment"] == _ref(
+        "concat(local.task_environment, local.extra_queue_environment)"
+    )
     assert container["secrets"] == _ref("local.task_secrets")
     assert module.resolve(" ".join(container["command"])) == (
         "airunner-server rpc-server --listen 0.0.0.0:8080"

@@ -376,6 +376,7 @@ async def test_a_root_worker_without_a_job_user_says_jobs_run_as_root(tmp_path: 
     ("args", "message"),
     [
         (["--queue", "nope"], "invalid_argument: unknown queue 'nope'"),
+        (["--queue", "default", "--queue", "nope"], "invalid_argument: unknown queue 'nope'"),
         (["--token", "not-a-token"], "unauthenticated: invalid bearer token"),
     ],
 )

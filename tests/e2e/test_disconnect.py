@@ -156,7 +156,7 @@ def _waiting(store: JobStore) -> int:
     if isinstance(store, SQSJobStore):
         return len(store._jobs.pollers["default"]._waiters)  # type: ignore[attr-defined]
     waiters = store._queues["default"].waiters  # type: ignore[attr-defined]
-    return int(waiters.statistics().tasks_waiting)
+    return len(waiters)
 
 
 @asynccontextmanager

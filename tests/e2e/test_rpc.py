@@ -255,4 +255,4 @@ async def test_connection_survives_thousands_of_requests(running: RunningServer)
 async def wait_for_dequeuer(store: JobStore, queue: str = "default", count: int = 1) -> None:
     """Until ``count`` DequeueJob calls wait on the memory store's queue."""
     waiters = store._queues[queue].waiters  # type: ignore[attr-defined]
-    await eventually(lambda: waiters.statistics().tasks_waiting >= count)
+    await eventually(lambda: len(waiters) >= count)

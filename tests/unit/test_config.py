@@ -8,6 +8,7 @@ from airunner.config import (
     SQSStoreSettings,
     TokenRules,
     parse_listen,
+    queue_variable,
     store_settings_from_env,
     token_rules_from_env,
 )
@@ -170,3 +171,109 @@ def test_token_rules_default_to_a_month_and_no_issuer_or_audience() -> None:
 def test_token_lifetime_must_be_sane(value: str) -> None:
     with pytest.raises(ConfigError, match="AIRUNNER_TOKEN_MAX_LIFETIME must be"):
         token_rules_from_env({"AIRUNNER_TOKEN_MAX_LIFETIME": value})
+
+
+# Queue sets.
+
+
+@pytest.mark.parametrize(
+    ("value", "queues"),
+    [
+        ("default", ("default",)),
+        ("priority,default,builds", ("priority", "default", "builds")),
+        (" builds , gpu-large ", ("builds", "gpu-large")),
+        ("0nightly," + "q" * 80, ("0nightly", "q" * 80)),
+        ("", ("default", "priority")),
+    ],
+)
+def test_memory_store_serves_the_queues_airunner_queues_names(
+    value: str, queues: tuple[str, ...]
+) -> None:
+    settings = store_settings_from_env({"AIRUNNER_QUEUES": value})
+    assert isinstance(settings, MemoryStoreSettings)
+    assert settings.queues == queues
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("default,,priority", "bad queue name ''"),
+        ("default,", "bad queue name ''"),
+        ("Default", "bad queue name 'Default'"),
+        ("my_queue", "bad queue name 'my_queue'"),
+        ("-x", "bad queue name '-x'"),
+        ("a b", "bad queue name 'a b'"),
+        ("q" * 81, "bad queue name 'q{81}'"),
+        ("default,builds,default", "queue 'default' is named twice"),
+    ],
+)
+def test_bad_airunner_queues_stop_the_server_naming_the_variable(value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^AIRUNNER_QUEUES: {message}"):
+        store_settings_from_env({"AIRUNNER_QUEUES": value})
+
+
+def test_sqs_serves_a_queue_per_airunner_sqs_queue_variable() -> None:
+    settings = store_settings_from_env(
+        SQS
+        | {
+            "AIRUNNER_SQS_QUEUE_PRIORITY": "http://127.0.0.1:1/q/priority",
+            "AIRUNNER_SQS_QUEUE_GPU_LARGE": "http://127.0.0.1:1/q/gpu",
+            "AIRUNNER_SQS_QUEUE_NIGHTLY2": "http://127.0.0.1:1/q/nightly",
+            # Empty is as if unset, as for the other variables.
+            "AIRUNNER_SQS_QUEUE_UNUSED": "",
+        }
+    )
+    assert isinstance(settings, SQSStoreSettings)
+    assert settings.queue_urls == {
+        "default": "http://127.0.0.1:1/q/default",
+        "gpu-large": "http://127.0.0.1:1/q/gpu",
+        "nightly2": "http://127.0.0.1:1/q/nightly",
+        "priority": "http://127.0.0.1:1/q/priority",
+    }
+
+
+@pytest.mark.parametrize("name", ["default", "priority", "gpu-large", "a-b-c", "0nightly"])
+def test_a_queue_name_and_its_variable_map_both_ways(name: str) -> None:
+    variable = queue_variable(name)
+    assert variable.startswith("AIRUNNER_SQS_QUEUE_")
+    settings = store_settings_from_env(SQS | {variable: "http://127.0.0.1:1/q/x"})
+    assert isinstance(settings, SQSStoreSettings)
+    assert name in settings.queue_urls
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "AIRUNNER_SQS_QUEUE_gpu",
+        "AIRUNNER_SQS_QUEUE_GPU-LARGE",
+        "AIRUNNER_SQS_QUEUE_",
+        "AIRUNNER_SQS_QUEUE__GPU",
+        "AIRUNNER_SQS_QUEUE_" + "Q" * 81,
+    ],
+)
+def test_an_airunner_sqs_queue_variable_must_name_a_queue(variable: str) -> None:
+    with pytest.raises(
+        ConfigError,
+        match=f"^failed to create SQS store: {variable}: the part after AIRUNNER_SQS_QUEUE_ "
+        "must be a queue name in upper case with '_' for '-' "
+        r"\(queue build-gpu: AIRUNNER_SQS_QUEUE_BUILD_GPU\)",
+    ):
+        store_settings_from_env(SQS | {variable: "http://127.0.0.1:1/q/x"})
+
+
+def test_airunner_queues_in_sqs_mode_is_optional_but_must_agree() -> None:
+    env = SQS | {"AIRUNNER_SQS_QUEUE_BUILDS": "http://127.0.0.1:1/q/builds"}
+    for listed in ("builds,default", "default, builds", ""):
+        settings = store_settings_from_env(env | {"AIRUNNER_QUEUES": listed})
+        assert isinstance(settings, SQSStoreSettings)
+        assert set(settings.queue_urls) == {"default", "builds"}
+    for listed in ("default", "default,builds,priority"):
+        with pytest.raises(
+            ConfigError,
+            match=rf"^failed to create SQS store: AIRUNNER_QUEUES \({listed.replace(',', ', ')}\) "
+            r"must name the queues that have an AIRUNNER_SQS_QUEUE_<NAME> variable "
+            r"\(builds, default\), or be unset$",
+        ):
+            store_settings_from_env(env | {"AIRUNNER_QUEUES": listed})
+    with pytest.raises(ConfigError, match="AIRUNNER_QUEUES: bad queue name 'Builds'"):
+        store_settings_from_env(env | {"AIRUNNER_QUEUES": "Builds,default"})

@@ -7,7 +7,8 @@ AWS failures as store errors; ``_resources`` creating the queues and tables.
 
 from __future__ import annotations
 
-from ._resources import QUEUE_NAMES, Resources, create_resources
+from ._jobs import QueueUnusable
+from ._resources import QUEUE_NAMES, Resources, create_resources, queue_names
 from ._schema import DEFAULT_EVENTS_TABLE, DEFAULT_JOBS_TABLE, EVENTS_KEY, JOBS_BY_QUEUE_INDEX
 from ._store import SQSJobStore
 
@@ -17,7 +18,9 @@ __all__ = [
     "EVENTS_KEY",
     "JOBS_BY_QUEUE_INDEX",
     "QUEUE_NAMES",
+    "QueueUnusable",
     "Resources",
     "SQSJobStore",
     "create_resources",
+    "queue_names",
 ]

@@ -29,9 +29,16 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 import trio
+from botocore.exceptions import BotoCoreError, ClientError
 
 from airunner import telemetry
-from airunner.actors import DeadLetterReader, QueuePoller, Received, VisibilityExtender
+from airunner.actors import (
+    DeadLetterReader,
+    QueuePoller,
+    Received,
+    VisibilityExtender,
+    take_first,
+)
 from airunner.api.job.v1.job_pb import Job, JobEvent, JobParams, JobResult, JobState
 from airunner.aws import AwsClients
 from airunner.store import (
@@ -79,6 +86,10 @@ AT_ONCE = 0
 
 
 _FINAL_VALUES = [{"N": str(int(state))} for state in FINAL_STATES]
+
+
+class QueueUnusable(Exception):
+    """A queue the store was given cannot be used; the message names it and says why."""
 
 
 class _Stray(Exception):
@@ -146,24 +157,30 @@ class SQSJobs:
         ]
 
     async def check_resources(self) -> None:
-        """Fail now, not at the first request, if a queue or the table is missing;
-        learn each queue's redrive policy.
+        """Fail now, not at the first request, if a queue (or the dead-letter queue
+        its redrive policy names) or the table is missing; learn each queue's
+        redrive policy.
 
         Raises:
-            ClientError, BotoCoreError: as AWS answered.
+            QueueUnusable: a queue, named, as AWS answered.
+            ClientError, BotoCoreError: the table, as AWS answered.
         """
         for name, url in self._urls.items():
-            response = await self._aws.sqs.get_queue_attributes(
-                QueueUrl=url, AttributeNames=["QueueArn", "RedrivePolicy"]
-            )
-            attributes = {str(k): v for k, v in response.get("Attributes", {}).items()}
-            policy = schema.redrive_policy(attributes)
-            if policy is not None:
-                self._max_receives[name] = policy.max_receive_count
-                dead_letter = await self._aws.sqs.get_queue_url(
-                    QueueName=policy.queue_name, QueueOwnerAWSAccountId=policy.account
+            try:
+                response = await self._aws.sqs.get_queue_attributes(
+                    QueueUrl=url, AttributeNames=["QueueArn", "RedrivePolicy"]
                 )
-                self._dead_letter_urls[name] = dead_letter["QueueUrl"]
+                attributes = {str(k): v for k, v in response.get("Attributes", {}).items()}
+                policy = schema.redrive_policy(attributes)
+                if policy is not None:
+                    self._max_receives[name] = policy.max_receive_count
+                    dead_letter = await self._aws.sqs.get_queue_url(
+                        QueueName=policy.queue_name, QueueOwnerAWSAccountId=policy.account
+                    )
+                    self._dead_letter_urls[name] = dead_letter["QueueUrl"]
+            except (ClientError, BotoCoreError) as e:
+                # With several queues, which one AWS refused matters.
+                raise QueueUnusable(f"queue {name} ({url}): {e}") from e
             if self._max_receives[name] < self._max_attempts:
                 log.warning(
                     "queue %s moves a message to its dead-letter queue after %d receives, "
@@ -253,10 +270,11 @@ class SQSJobs:
         names = rules.check_queues(queues, self._urls)
         visibility = rules.visibility_timeout(visibility_timeout_seconds, self._default_visibility)
         worker_name = rules.check_worker_name(worker_name)
-        poller = self.pollers[names[0]]  # queues helper: more queues
+        pollers = [self.pollers[name] for name in names]
         with trio.move_on_at(deadline):
             while True:
-                received = await poller.take()
+                # Each queue's poller may fill the wait; earlier queues roughly first.
+                poller, received = await take_first(pollers)
                 # Finish what the message started even if the caller is
                 # cancelled meanwhile; then hand the job back if it was. A
                 # delivery cut short by the bound leaves the message to come

@@ -1,5 +1,6 @@
-"""The AWS resources the SQS store uses: a queue per queue name, each with a
-dead-letter queue, and the two tables of ``_schema``.
+"""The AWS resources the SQS store uses: a queue per queue name (``default`` and
+``priority``, and any more asked for), each with a dead-letter queue, and the
+two tables of ``_schema``.
 
 ``create_resources`` makes them (for a laptop against moto, or a first try in an
 account); production creates the same with Terraform (deploy/terraform).
@@ -8,12 +9,14 @@ account); production creates the same with Terraform (deploy/terraform).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from airunner.aws import AwsClients
+from airunner.config import ConfigError, check_queue_name, queue_variable
 from airunner.store import rules
 
 from ._schema import (
@@ -27,7 +30,10 @@ from ._schema import (
 if TYPE_CHECKING:
     from types_aiobotocore_sqs.literals import QueueAttributeNameType
 
+# The queues init-aws always makes (and Terraform).
 QUEUE_NAMES = ("default", "priority")
+# SQS's longest queue name.
+MAX_SQS_QUEUE_NAME = 80
 QUEUE_ATTRIBUTES: dict[QueueAttributeNameType, str] = {
     "VisibilityTimeout": "300",
     "ReceiveMessageWaitTimeSeconds": "20",
@@ -47,16 +53,36 @@ class Resources:
 
     def environment(self) -> dict[str, str]:
         """The server's environment for these resources."""
-        env = {
-            "AIRUNNER_STORE_TYPE": "sqs",
-            "AIRUNNER_SQS_QUEUE_DEFAULT": self.queue_urls["default"],
+        env = {"AIRUNNER_STORE_TYPE": "sqs"}
+        for name, url in self.queue_urls.items():
+            env[queue_variable(name)] = url
+        env |= {
             "AIRUNNER_DYNAMODB_JOBS_TABLE": self.jobs_table,
             "AIRUNNER_DYNAMODB_EVENTS_TABLE": self.events_table,
             "AIRUNNER_MAX_ATTEMPTS": str(self.max_attempts),
         }
-        if "priority" in self.queue_urls:
-            env["AIRUNNER_SQS_QUEUE_PRIORITY"] = self.queue_urls["priority"]
         return env
+
+
+def queue_names(environment: str, extra_queues: Sequence[str]) -> list[str]:
+    """The queues to make: ``QUEUE_NAMES``, then each of ``extra_queues`` once.
+
+    Raises:
+        ConfigError: a name is not a queue name, or its SQS queue's name
+            (``airunner-{environment}-{name}-dlq``, the longest) would be too long.
+    """
+    names = list(QUEUE_NAMES)
+    for name in extra_queues:
+        check_queue_name(name, "--queue")
+        longest = f"airunner-{environment}-{name}-dlq"
+        if len(longest) > MAX_SQS_QUEUE_NAME:
+            raise ConfigError(
+                f"--queue: queue {name!r} makes the SQS queue name {longest!r}, longer than "
+                f"SQS's {MAX_SQS_QUEUE_NAME} characters; use a shorter name"
+            )
+        if name not in names:
+            names.append(name)
+    return names
 
 
 async def create_resources(
@@ -66,15 +92,19 @@ async def create_resources(
     jobs_table: str = DEFAULT_JOBS_TABLE,
     events_table: str = DEFAULT_EVENTS_TABLE,
     max_attempts: int = rules.DEFAULT_MAX_ATTEMPTS,
+    queues: Sequence[str] = QUEUE_NAMES,
 ) -> Resources:
     """Create the queues (each with its DLQ) and both tables; existing ones are kept.
+
+    ``queues`` are the queue names (``queue_names`` checks them); each is the
+    SQS queue ``airunner-{environment}-{name}``.
 
     A queue moves a message to its DLQ after ``max_attempts`` receives: the
     store keeps receives in step with runs, so that happens when the job has
     had all its runs (docs/ARCHITECTURE.md, "Receives and attempts").
     """
     queue_urls, dlq_urls = {}, {}
-    for name in QUEUE_NAMES:
+    for name in queues:
         base = f"airunner-{environment}-{name}"
         dlq_url = (
             await aws.sqs.create_queue(

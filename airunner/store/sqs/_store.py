@@ -82,7 +82,8 @@ class SQSJobStore:
         """Fail now, not at the first request, if a queue or table is missing.
 
         Raises:
-            ClientError, BotoCoreError: as AWS answered.
+            QueueUnusable: a queue (or its dead-letter queue), named, as AWS answered.
+            ClientError, BotoCoreError: a table, as AWS answered.
         """
         await self._jobs.check_resources()
         await self._events.check_resources()
