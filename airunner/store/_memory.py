@@ -241,6 +241,7 @@ class MemoryJobStore:
             created_at=now,
             updated_at=now,
             execution_config=rules.default_execution_config(),
+            queue=queue,
         )
         record = _JobRecord(
             job=job,
@@ -256,18 +257,24 @@ class MemoryJobStore:
         return copy.deepcopy(job)
 
     async def dequeue_job(
-        self, queue: str, visibility_timeout_seconds: int, *, deadline: float
+        self,
+        queues: Sequence[str],
+        visibility_timeout_seconds: int,
+        *,
+        deadline: float,
+        worker_name: str = "",
     ) -> Delivery | None:
         await trio.lowlevel.checkpoint()
         self._evict_expired()
-        rules.check_queue(queue, self._queues)
+        names = rules.check_queues(queues, self._queues)
         visibility = rules.visibility_timeout(visibility_timeout_seconds, self._default_visibility)
-        waiting = self._queues[queue]
+        worker_name = rules.check_worker_name(worker_name)
+        waiting = self._queues[names[0]]  # queues helper: more queues
         with trio.move_on_at(deadline):
             while True:
                 if waiting.ready:
                     _, job_id = heapq.heappop(waiting.ready)
-                    return self._deliver(self._jobs[job_id], visibility)
+                    return self._deliver(self._jobs[job_id], visibility, worker_name)
                 await waiting.waiters.park()
         return None
 
@@ -307,9 +314,41 @@ class MemoryJobStore:
         _, record = self._current(task_token)
         self._take_up(record)
         record.completed_by = token.attempt
-        self._finish(record, copy.deepcopy(result))
+        if record.job.cancel_requested:
+            final = JobState.CANCELLED
+        else:
+            final = JobState.COMPLETED if result.success else JobState.FAILED
+        self._finish(record, final, copy.deepcopy(result))
 
-    async def list_jobs(self, queue: str, state: JobState, page: int, page_size: int) -> JobPage:
+    async def cancel_job(self, job_id: str, reason: str) -> Job:
+        await trio.lowlevel.checkpoint()
+        self._evict_expired()
+        reason = rules.check_cancel_reason(reason)
+        record = self._record(job_id)
+        if record.job.cancel_requested:
+            # Asked before: CANCELLED, or RUNNING until its worker stops it.
+            return copy.deepcopy(record.job)
+        if record.state in FINAL_STATES:
+            raise rules.already_ended(job_id, record.state)
+        record.job.cancel_requested = True
+        record.job.cancel_reason = reason
+        if record.state == JobState.SCHEDULED or not record.taken_up:
+            # No run is under way: it ends now. A delivery not yet taken up is
+            # over (its token is stale), so it never becomes a run.
+            if record.state == JobState.SCHEDULED:
+                waiting = self._queues[record.queue]
+                waiting.ready.remove((record.order, record.job.job_id))
+                heapq.heapify(waiting.ready)
+            self._store_event(record, rules.cancel_event(record.last_sequence + 1, reason))
+            self._finish(record, JobState.CANCELLED, None)
+        else:
+            record.job.updated_at = _now()
+        log.info("job %s: cancel requested (%s)", job_id, reason or "no reason given")
+        return copy.deepcopy(record.job)
+
+    async def list_jobs(
+        self, queue: str, state: JobState, page: int, page_size: int, owner: str = ""
+    ) -> JobPage:
         await trio.lowlevel.checkpoint()
         self._evict_expired()
         page, page_size = rules.page_args(state, page, page_size)
@@ -320,6 +359,7 @@ class MemoryJobStore:
             for record in reversed(self._jobs.values())
             if (not queue or record.queue == queue)
             and (state == JobState.UNSPECIFIED or record.state == state)
+            and (not owner or _owner(record.job) == owner)
         ]
         start = (page - 1) * page_size
         jobs = [copy.deepcopy(record.job) for record in matching[start : start + page_size]]
@@ -430,10 +470,11 @@ class MemoryJobStore:
             raise StaleTaskToken()
         return token, record
 
-    def _deliver(self, record: _JobRecord, visibility: int) -> Delivery:
+    def _deliver(self, record: _JobRecord, visibility: int, worker_name: str) -> Delivery:
         record.attempt += 1
         record.taken_up = False
         record.visibility = visibility
+        record.job.worker = worker_name
         record.sequence_base = record.last_sequence
         self._set_state(record, JobState.RUNNING)
         first = min(visibility, self._confirm_seconds)
@@ -445,35 +486,48 @@ class MemoryJobStore:
         return Delivery(job=copy.deepcopy(record.job), task_token=token)
 
     def _take_up(self, record: _JobRecord) -> None:
-        """The worker took the delivery up: it is a run."""
+        """The worker took the delivery up: it is a run, which begins now."""
         if not record.taken_up:
             record.taken_up = True
             record.runs += 1
+            record.job.attempt = record.runs
+            record.job.started_at = _now()
 
     def _end_delivery(self, record: _JobRecord) -> None:
         """End a delivery that will not complete the job (released or expired).
 
         A run that was taken up lost its worker: its log gets a closing event,
         and the job fails if it had all its runs. A delivery never taken up
-        costs nothing: the job simply goes back to its queue.
+        costs nothing: the job simply goes back to its queue. A job whose
+        cancel was requested ends CANCELLED instead of running again.
         """
+        cancelled = record.job.cancel_reason if record.job.cancel_requested else None
         if record.taken_up:
             failed = record.runs >= record.max_attempts
             last = record.events[record.sequences[-1]] if record.sequences else None
             if not rules.ends_run(last, record.sequence_base):
                 sequence = record.last_sequence + 1
-                closing = rules.lost_run_event(sequence, record.runs, failed=failed)
+                closing = rules.lost_run_event(
+                    sequence, record.runs, failed=failed, cancelled=cancelled
+                )
                 self._store_event(record, closing)
-            if failed:
-                self._finish(record, rules.exhausted_result(record.job.job_id, record.runs))
+            if cancelled is None and failed:
+                result = rules.exhausted_result(record.job.job_id, record.runs)
+                self._finish(record, JobState.FAILED, result)
                 return
+        if cancelled is not None:
+            self._finish(record, JobState.CANCELLED, None)
+            return
         self._make_ready(record)
 
-    def _finish(self, record: _JobRecord, result: JobResult) -> None:
+    def _finish(self, record: _JobRecord, state: JobState, result: JobResult | None) -> None:
+        """End the job in ``state``; ``result`` is its CompleteJob's (or the
+        store's), None if it was cancelled without one."""
         record.result = result
         record.visible_until = math.inf
-        state = JobState.COMPLETED if result.success else JobState.FAILED
         self._set_state(record, state)
+        rules.record_end(record.job, state, result, record.job.cancel_reason)
+        record.job.finished_at = record.job.updated_at
         for subscriber in record.subscribers:
             subscriber.finish()
         telemetry.jobs_completed.add(1, {"queue": record.queue, "state": state.name})
@@ -543,6 +597,10 @@ class MemoryJobStore:
     def _set_state(self, record: _JobRecord, state: JobState) -> None:
         record.job.state = state
         record.job.updated_at = _now()
+
+
+def _owner(job: Job) -> str:
+    return job.job_params.owner if job.job_params is not None else ""
 
 
 def _now() -> Timestamp:

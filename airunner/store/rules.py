@@ -26,7 +26,7 @@ from airunner.api.job.v1.job_pb import (
 )
 
 from ._contract import TERMINAL_EVENT_TYPES, EventQuery, process_error_event
-from ._errors import InvalidArgument
+from ._errors import FailedPrecondition, InvalidArgument
 from ._tokens import TaskToken
 
 # SQS refuses a visibility timeout above 12 hours; both stores keep to it.
@@ -49,6 +49,9 @@ MAX_REQUEST_ID_LENGTH = 256
 MAX_CANCEL_REASON_LENGTH = 1024
 # The longest worker name DequeueJob records.
 MAX_WORKER_NAME_LENGTH = 256
+# JobResult.exit_code when the process ended without one (it never started, or
+# the worker lost it).
+NO_EXIT_CODE = -1
 # The metadata key of a job made by RetryJob: the id of the job it retries.
 RETRY_OF_METADATA = "airunner.retry_of"
 # A job item holds its parameters beside its result and bookkeeping, all under
@@ -221,8 +224,54 @@ def cancelled_text(reason: str) -> str:
     return f"cancelled: {reason}" if reason else "cancelled"
 
 
+def failure_reason(state: JobState, result: JobResult | None, cancel_reason: str) -> str:
+    """Job.failure_reason: why a job FAILED or was CANCELLED, in words; "" otherwise."""
+    if state == JobState.CANCELLED:
+        return cancelled_text(cancel_reason)
+    if state != JobState.FAILED or result is None:
+        return ""
+    if result.error_message:
+        return result.error_message
+    if result.exit_code != NO_EXIT_CODE:
+        return f"exited with code {result.exit_code}"
+    return "failed without an exit code or a message"
+
+
+def record_end(
+    job: Job, state: JobState, result: JobResult | None, cancel_reason: str = ""
+) -> None:
+    """Set what a final job's record says of its end, from its result (None for
+    a job cancelled before it ran): state, exit code, failure reason, timeout."""
+    job.state = state
+    if result is not None and result.exit_code != NO_EXIT_CODE:
+        job.exit_code = result.exit_code
+    else:
+        job.clear_field("exit_code")
+    job.timed_out = result.timed_out if result is not None else False
+    job.failure_reason = failure_reason(state, result, cancel_reason)
+
+
+def already_ended(job_id: str, state: JobState) -> FailedPrecondition:
+    """CancelJob's error for a job in a final state."""
+    return FailedPrecondition(
+        f"job {job_id} has already ended: {state.name.lower()}; there is nothing to cancel"
+    )
+
+
+def cancel_event(sequence: int, reason: str) -> JobEvent:
+    """The event that closes the log of a job cancelled while no run of it was
+    under way: a watcher sees why the job ended."""
+    return process_error_event(sequence, cancelled_text(reason))
+
+
 def check_queues(queues: Sequence[str], known: Collection[str]) -> list[str]:
-    """The queues a dequeuer serves, in its order, each once; each must be known."""
+    """The queues a dequeuer serves, in its order, each once; each must be known.
+
+    A bare string is one queue's name: a ``str`` is a ``Sequence[str]`` too, and
+    ``"default"`` must not read as ``"d", "e", ...``.
+    """
+    if isinstance(queues, str):
+        queues = [queues]
     if not queues or not any(queues):
         raise InvalidArgument("queue is required")
     ordered: list[str] = []
@@ -238,13 +287,19 @@ def attempt_limit(params: JobParams | None, default: int) -> int:
     return (params.max_attempts if params is not None else 0) or default
 
 
-def lost_run_event(sequence: int, run: int, *, failed: bool) -> JobEvent:
+def lost_run_event(
+    sequence: int, run: int, *, failed: bool, cancelled: str | None = None
+) -> JobEvent:
     """The event that closes a run whose worker was lost (no heartbeat in time).
 
     ``failed``: it was the job's last allowed run, and the job fails.
+    ``cancelled``: the job's cancel was requested (with this reason), and the
+    job ends CANCELLED instead of running again.
     """
     message = f"run {run} lost its worker (no heartbeat within its visibility timeout)"
-    if failed:
+    if cancelled is not None:
+        message += f"; the job was {cancelled_text(cancelled)}"
+    elif failed:
         message += f"; the job failed: lost its worker {run} times"
     else:
         message += "; the job runs again"
@@ -267,7 +322,7 @@ def exhausted_result(job_id: str, runs: int) -> JobResult:
     return JobResult(
         job_id=job_id,
         success=False,
-        exit_code=-1,
+        exit_code=NO_EXIT_CODE,
         error_message=f"lost its worker {runs} times",
         completed_at=now,
     )
