@@ -110,7 +110,7 @@ async def run_command(
                 time_limit,
                 on_start,
                 kill_grace,
-                stop or trio.Event(),
+                stop if stop is not None else trio.Event(),
                 stop_grace,
             )
         finally:
