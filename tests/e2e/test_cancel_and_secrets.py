@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,8 +17,9 @@ from airunner.api.job.v1.job_pb import (
     JobState,
     ProcessType,
 )
-from airunner.store import EventQuery
-from airunner.worker import JOB_ID_VARIABLE
+from airunner.client import AirunnerClient
+from airunner.store import EventQuery, MemoryJobStore, NotFound, Unavailable
+from airunner.worker import JOB_ID_VARIABLE, Worker, WorkerSettings
 from tests.helpers import eventually, request_id
 
 from .conftest import Clients, run_server
@@ -180,3 +182,63 @@ async def test_a_job_past_its_timeout_is_recorded_as_timed_out(cli: Cli) -> None
     assert ended.state == JobState.FAILED
     assert ended.timed_out
     assert naming(job.job_id) == []
+
+
+class ForgetfulStore(MemoryJobStore):
+    """A memory store whose GetJob fails for a while, then no longer knows the job."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__(token_secret=b"e2e-secret")
+        self.failures = failures
+        self.asked: list[tuple[float, str]] = []
+
+    async def get_job(self, job_id: str) -> Job:
+        self.asked.append((trio.current_time(), job_id))
+        if len(self.asked) <= self.failures:
+            raise Unavailable("the store is down for a moment")
+        raise NotFound(f"job {job_id} not found")
+
+    async def recorded(self, job_id: str) -> Job:
+        """The job as the store keeps it, not as GetJob answers."""
+        return await super().get_job(job_id)
+
+
+async def test_a_job_whose_checks_fail_runs_on_and_one_the_server_forgot_is_stopped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = ForgetfulStore(failures=3)
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    async with run_server(store=store) as running:
+        job = await store.enqueue_job(request_id(), "default", _sh("sleep 1000"))
+        # Jobs waiting behind it cost nothing: only the running job is asked about.
+        for _ in range(5):
+            await store.enqueue_job(request_id(), "default", _sh("true"))
+        async with AirunnerClient(running.url) as client:
+            worker = Worker(
+                client,
+                WorkerSettings(work_dir=work_dir, cancel_check_interval=0.1, cancel_grace=1),
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(worker.run)
+                with trio.fail_after(20):
+                    while (ended := await store.recorded(job.job_id)).state in (  # noqa: ASYNC110
+                        JobState.SCHEDULED,
+                        JobState.RUNNING,
+                    ):
+                        await trio.sleep(0.05)
+                worker.stop.set()
+                nursery.cancel_scope.cancel()
+    assert ended.state == JobState.FAILED
+    assert ended.failure_reason == (
+        "the server no longer knows the job; its process group was stopped"
+    )
+    assert naming(job.job_id) == []
+    assert [asked for _, asked in store.asked[:4]] == [job.job_id] * 4
+    # A failed check is asked again later and later: 0.2, 0.4, 0.8 s.
+    times = [at for at, _ in store.asked[:5]]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(gap >= 0.1 * 2**i for i, gap in enumerate(gaps, start=1)), gaps
+    warnings = [r.getMessage() for r in caplog.records if "could not ask" in r.getMessage()]
+    assert len(warnings) == 3
+    assert "the store is down for a moment" in warnings[0]
