@@ -151,7 +151,7 @@ class JobExecutor:
             attributes={
                 "airunner.job.id": self.job_id,
                 "airunner.queue": self._settings.queue,
-                "process.command": self._params.command,
+                "process.command": redact_text(self._params.command, self._secrets),
             },
         ) as span:
             result = await self._run()
@@ -163,7 +163,9 @@ class JobExecutor:
 
     async def _run(self) -> JobResult | None:
         started_at = time.time_ns()
-        log.info("job %s: starting %s", self.job_id, self._params.command)
+        log.info(
+            "job %s: starting %s", self.job_id, redact_text(self._params.command, self._secrets)
+        )
         workspace = Path(
             await trio.to_thread.run_sync(
                 lambda: tempfile.mkdtemp(prefix=f"{self.job_id}-", dir=self._settings.work_dir)

@@ -164,11 +164,13 @@ async def test_a_jobs_secret_is_in_its_environment_and_never_in_its_output(
 
 
 async def test_a_secret_is_redacted_from_the_messages_the_worker_publishes(cli: Cli) -> None:
-    async with cli.worker():
+    async with cli.worker() as worker:
         job = await _enqueue(
             cli, JobParams(command=f"/nowhere/{SECRET}", secrets={"TOKEN": SECRET})
         )
         ended = await _ended(cli, job.job_id, 30)
+        await worker.logged(f"job {job.job_id}: command not found: /nowhere/[REDACTED]")
+    assert SECRET.encode() not in worker.log
     assert ended.state == JobState.FAILED
     assert ended.failure_reason == "command not found: /nowhere/[REDACTED]"
     _, errors = await _events(cli, job.job_id)
