@@ -16,6 +16,8 @@ from airunner import telemetry
 from airunner.client import DEFAULT_MAX_CALLS
 from airunner.store import InvalidArgument, rules
 from airunner.worker import (
+    CANCEL_CHECK_SECONDS,
+    KILL_GRACE_SECONDS,
     WORKER_SECRETS,
     JobUser,
     JobUserError,
@@ -29,6 +31,13 @@ from airunner.worker import (
 from ._common import CliError, client_options, first_leaf, make_client, resolve_token
 
 log = logging.getLogger("airunner.worker")
+
+# A cancelled job keeps its slot at most this long after its SIGTERM.
+MAX_CANCEL_GRACE_SECONDS = 3600
+# Each check is a GetJob (in SQS mode a DynamoDB read) per running job: more
+# often loads the server for little; less often, a cancel waits minutes.
+MIN_CANCEL_CHECK_SECONDS = 0.1
+MAX_CANCEL_CHECK_SECONDS = 600
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -77,6 +86,22 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run each job as this user, with its groups and home (the worker must run as "
         "root); jobs then cannot read the worker's files or environment",
     )
+    worker.add_argument(
+        "--cancel-grace",
+        type=float,
+        default=KILL_GRACE_SECONDS,
+        metavar="SECONDS",
+        help="how long a cancelled job's processes have between SIGTERM and SIGKILL "
+        f"(default {KILL_GRACE_SECONDS:.0f})",
+    )
+    worker.add_argument(
+        "--cancel-check-interval",
+        type=float,
+        default=CANCEL_CHECK_SECONDS,
+        metavar="SECONDS",
+        help="how often each running job asks the server whether it was cancelled: one "
+        f"GetJob per running job (default {CANCEL_CHECK_SECONDS:.0f})",
+    )
     worker.set_defaults(run=run)
 
 
@@ -96,6 +121,13 @@ def run(args: argparse.Namespace) -> int:
         rules.check_worker_name(args.name)
     except InvalidArgument as e:
         raise CliError(f"--name: {e}") from None
+    if not 0 <= args.cancel_grace <= MAX_CANCEL_GRACE_SECONDS:
+        raise CliError(f"--cancel-grace must be between 0 and {MAX_CANCEL_GRACE_SECONDS}")
+    if not MIN_CANCEL_CHECK_SECONDS <= args.cancel_check_interval <= MAX_CANCEL_CHECK_SECONDS:
+        raise CliError(
+            f"--cancel-check-interval must be between {MIN_CANCEL_CHECK_SECONDS} and "
+            f"{MAX_CANCEL_CHECK_SECONDS}"
+        )
     try:
         job_user = JobUser.named(args.job_user) if args.job_user is not None else None
     except JobUserError as e:
@@ -124,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
         work_dir=args.work_dir,
         job_user=job_user,
         reap_orphans=reap_orphans,
+        cancel_grace=args.cancel_grace,
+        cancel_check_interval=args.cancel_check_interval,
     )
     try:
         trio.run(_serve, args, settings)
@@ -155,9 +189,9 @@ def _guard_secrets() -> None:
 
 
 async def _serve(args: argparse.Namespace, settings: WorkerSettings) -> None:
-    # Each running job makes a heartbeat and a completion call at times; the
-    # poll and the event streams have threads of their own.
-    max_calls = max(DEFAULT_MAX_CALLS, 2 * settings.concurrency + 2)
+    # Each running job makes a heartbeat, a cancel check and a completion call
+    # at times; the poll and the event streams have threads of their own.
+    max_calls = max(DEFAULT_MAX_CALLS, 3 * settings.concurrency + 2)
     async with make_client(args, max_calls=max_calls) as client:
         worker = Worker(client, settings)
         log.info(

@@ -3,6 +3,7 @@
 - ``Worker``: polls DequeueJob and runs jobs, up to its concurrency.
 - ``JobExecutor``: one delivery: heartbeats, checkout, process, events, CompleteJob.
 - ``OutputBatcher``: process output into OUTPUT_BATCH events.
+- ``Redactor``: a job's secret values hidden in its output, however it is cut.
 - ``EventPublisher``: the PublishJobEvents stream, re-sent after failures.
 - ``OrphanReaper``: ends and reaps what a job leaves running outside its group.
 - ``JobUser``: the user a root worker runs jobs as.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from ._batcher import BatchLimits, OutputBatcher, Sequencer
 from ._checkout import CheckoutError, check_repository, checkout, resolve_working_directory
-from ._executor import ExecutorSettings, JobExecutor
+from ._executor import CANCEL_CHECK_SECONDS, ExecutorSettings, JobExecutor
 from ._isolation import (
     WORKER_SECRETS,
     JobUser,
@@ -22,12 +23,15 @@ from ._isolation import (
     make_undumpable,
 )
 from ._orphans import JOB_ID_VARIABLE, OrphanReaper, TrackedJob
-from ._process import OutputChunk, ProcessOutcome, SpawnError, run_command
+from ._process import KILL_GRACE_SECONDS, OutputChunk, ProcessOutcome, SpawnError, run_command
 from ._publisher import EventPublisher, PublishFailed
+from ._redact import Redactor
 from ._worker import PollRefused, Worker, WorkerSettings
 
 __all__ = [
+    "CANCEL_CHECK_SECONDS",
     "JOB_ID_VARIABLE",
+    "KILL_GRACE_SECONDS",
     "WORKER_SECRETS",
     "BatchLimits",
     "CheckoutError",
@@ -42,6 +46,7 @@ __all__ = [
     "PollRefused",
     "ProcessOutcome",
     "PublishFailed",
+    "Redactor",
     "Sequencer",
     "SpawnError",
     "TrackedJob",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,9 +17,11 @@ from airunner.api.job.v1.job_pb import (
     JobEvent,
     OutputBatchEvent,
     OutputItem,
+    StreamType,
 )
 
 from ._process import OutputChunk
+from ._redact import Redactor
 
 # Bounds of one batch whatever a job's ExecutionConfig says: an event must fit
 # the server's limit with room for its framing.
@@ -79,6 +81,10 @@ class OutputBatcher:
     arrived, whichever comes first; and when the output ends. Chunks larger than
     ``max_item_bytes`` are split. Every item takes one sequence; the event's own
     sequence is its first item's.
+
+    With ``secrets``, their values are redacted first (``Redactor``): bytes
+    that could begin one wait for the next read of their stream, for at most
+    ``flush_interval``.
     """
 
     def __init__(
@@ -86,47 +92,90 @@ class OutputBatcher:
         limits: BatchLimits,
         sequences: Sequencer,
         emit: Callable[[JobEvent], Awaitable[None]],
+        *,
+        secrets: Sequence[bytes] = (),
     ) -> None:
         self._limits = limits
         self._sequences = sequences
         self._emit = emit
         self._items: list[OutputChunk] = []
         self._bytes = 0
+        # When the batch being made is due.
+        self._deadline = math.inf
+        # Each stream's secrets are redacted on their own: a secret may be cut
+        # across two reads of one stream, never across two streams.
+        self._secrets = secrets
+        self._redactors: dict[StreamType, Redactor] = {}
+        # When the bytes a stream's redactor holds back are given out anyway,
+        # and the time they were read.
+        self._held_until: dict[StreamType, float] = {}
+        self._held_at_ns: dict[StreamType, int] = {}
 
     async def run(self, chunks: trio.MemoryReceiveChannel[OutputChunk]) -> None:
         """Batch until ``chunks`` ends, then emit what is left."""
-        deadline = math.inf
         async with chunks:
             while True:
                 chunk = None
                 # Only the wait is bounded by the flush deadline: an emit that
                 # is slow must never be cut short.
-                with trio.move_on_at(deadline):
+                with trio.move_on_at(min([self._deadline, *self._held_until.values()])):
                     try:
                         chunk = await chunks.receive()
                     except trio.EndOfChannel:
                         break
                 if chunk is None:
-                    await self._flush()
-                    deadline = math.inf
-                    continue
-                for piece in self._split(chunk):
-                    if self._items and (
-                        self._bytes + len(piece.data) > self._limits.max_bytes
-                        or len(self._items) >= self._limits.max_items
-                    ):
+                    # Bytes that could have begun a secret, but no more came
+                    # within the flush interval: the job's output must not wait.
+                    # They have waited once: they go out now, not a batch later.
+                    now = trio.current_time()
+                    released = [s for s, until in self._held_until.items() if until <= now]
+                    for stream in released:
+                        await self._release(stream)
+                    if released or self._deadline <= trio.current_time():
                         await self._flush()
-                    if not self._items:
-                        deadline = trio.current_time() + self._limits.flush_interval
-                    self._items.append(piece)
-                    self._bytes += len(piece.data)
-                if len(self._items) >= self._limits.max_items:
-                    await self._flush()
-                    deadline = math.inf
+                    continue
+                await self._add(self._redacted(chunk))
+            for stream in list(self._held_until):
+                await self._release(stream)
         await self._flush()
+
+    def _redacted(self, chunk: OutputChunk) -> OutputChunk:
+        if not self._secrets:
+            return chunk
+        redactor = self._redactors.get(chunk.stream)
+        if redactor is None:
+            redactor = self._redactors[chunk.stream] = Redactor(self._secrets)
+        data = redactor.feed(chunk.data)
+        if redactor.held_bytes:
+            self._held_until[chunk.stream] = trio.current_time() + self._limits.flush_interval
+            self._held_at_ns[chunk.stream] = chunk.at_ns
+        else:
+            self._held_until.pop(chunk.stream, None)
+        return OutputChunk(data, chunk.stream, chunk.at_ns)
+
+    async def _release(self, stream: StreamType) -> None:
+        del self._held_until[stream]
+        data = self._redactors[stream].flush()
+        await self._add(OutputChunk(data, stream, self._held_at_ns[stream]))
+
+    async def _add(self, chunk: OutputChunk) -> None:
+        for piece in self._split(chunk):
+            if self._items and (
+                self._bytes + len(piece.data) > self._limits.max_bytes
+                or len(self._items) >= self._limits.max_items
+            ):
+                await self._flush()
+            if not self._items:
+                self._deadline = trio.current_time() + self._limits.flush_interval
+            self._items.append(piece)
+            self._bytes += len(piece.data)
+        if len(self._items) >= self._limits.max_items:
+            await self._flush()
 
     def _split(self, chunk: OutputChunk) -> list[OutputChunk]:
         size = self._limits.max_item_bytes
+        if not chunk.data:
+            return []
         if len(chunk.data) <= size:
             return [chunk]
         return [
@@ -135,6 +184,7 @@ class OutputBatcher:
         ]
 
     async def _flush(self) -> None:
+        self._deadline = math.inf
         if not self._items:
             return
         items, self._items, self._bytes = self._items, [], 0

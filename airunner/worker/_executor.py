@@ -27,10 +27,12 @@ from airunner.api.job.v1.job_pb import (
     CompleteJobRequest,
     DequeueJobResponse,
     EventType,
+    GetJobRequest,
     Job,
     JobEvent,
     JobParams,
     JobResult,
+    JobState,
     ProcessEndEvent,
     ProcessStartEvent,
     ProcessType,
@@ -43,8 +45,9 @@ from ._batcher import BatchLimits, OutputBatcher, Sequencer
 from ._checkout import CheckoutError, checkout
 from ._isolation import JobUser, give_tree
 from ._orphans import JOB_ID_VARIABLE, OrphanReaper, TrackedJob
-from ._process import OutputChunk, ProcessOutcome, SpawnError, run_command
+from ._process import KILL_GRACE_SECONDS, OutputChunk, ProcessOutcome, SpawnError, run_command
 from ._publisher import EventPublisher, PublishFailed
+from ._redact import redact_text, secret_values
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,13 @@ CLEANUP_SECONDS = 30.0
 CHUNK_BUFFER = 16
 # CompleteJob is retried this many times on transient errors.
 COMPLETE_ATTEMPTS = 6
+# A running job asks the server this often whether it was cancelled: one
+# GetJob per running job, whatever else waits in the queues.
+CANCEL_CHECK_SECONDS = 3.0
+# A failed check is tried again after a pause that doubles up to this.
+CANCEL_CHECK_MAX_SECONDS = 60.0
+# One check may take this long.
+CANCEL_CHECK_TIMEOUT_SECONDS = 10.0
 # The exit code recorded when the command did not run to its end.
 NO_EXIT_CODE = -1
 # Variables a job inherits from the worker; everything else it names itself.
@@ -79,6 +89,9 @@ class ExecutorSettings:
     kill_grace: float
     # Jobs run as this user, not as the (root) worker.
     job_user: JobUser | None = None
+    # A cancelled job's process group gets this long between SIGTERM and SIGKILL.
+    cancel_grace: float = KILL_GRACE_SECONDS
+    cancel_check_interval: float = CANCEL_CHECK_SECONDS
 
 
 class JobExecutor:
@@ -88,6 +101,12 @@ class JobExecutor:
     was lost to visibility expiry: the process is stopped and nothing is
     completed. ``kill`` stops the job early and fails it. ``reaper`` ends what
     the job leaves running outside its process group.
+
+    Beside them too, a GetJob every ``cancel_check_interval`` asks whether the
+    job was cancelled (or is gone); if so its process group is stopped (SIGTERM,
+    then SIGKILL after ``cancel_grace``) and the job completed as failed; the
+    server records it as CANCELLED. The job's secrets are in its environment,
+    and redacted from the output and the messages it publishes.
     """
 
     def __init__(
@@ -107,6 +126,10 @@ class JobExecutor:
         self._kill = kill
         self._reaper = reaper
         self._params = self._job.job_params or JobParams()
+        self._secrets = secret_values(self._params.secrets.values())
+        # Set when the job was cancelled or is gone, with what the job's end says.
+        self._stop = trio.Event()
+        self._stop_reason = ""
         # Trio's clock runs on while the worker is stopped (SIGSTOP): the time
         # since the delivery came is known even after a freeze.
         self._received_at = trio.current_time()
@@ -128,7 +151,7 @@ class JobExecutor:
             attributes={
                 "airunner.job.id": self.job_id,
                 "airunner.queue": self._settings.queue,
-                "process.command": self._params.command,
+                "process.command": redact_text(self._params.command, self._secrets),
             },
         ) as span:
             result = await self._run()
@@ -140,7 +163,9 @@ class JobExecutor:
 
     async def _run(self) -> JobResult | None:
         started_at = time.time_ns()
-        log.info("job %s: starting %s", self.job_id, self._params.command)
+        log.info(
+            "job %s: starting %s", self.job_id, redact_text(self._params.command, self._secrets)
+        )
         workspace = Path(
             await trio.to_thread.run_sync(
                 lambda: tempfile.mkdtemp(prefix=f"{self.job_id}-", dir=self._settings.work_dir)
@@ -181,6 +206,7 @@ class JobExecutor:
         with trio.CancelScope() as delivery:
             async with trio.open_nursery() as heartbeats:
                 heartbeats.start_soon(self._heartbeat, delivery)
+                heartbeats.start_soon(self._watch_cancel)
                 try:
                     async with trio.open_nursery() as work:
                         await work.start(publisher.run)
@@ -223,13 +249,15 @@ class JobExecutor:
         # Stopping the worker cuts a long checkout short too.
         cwd: Path | None = None
         checkout_error = ""
-        async with self._until_killed():
+        async with self._until_killed(or_stopped=True):
             with telemetry.tracer.start_as_current_span("checkout") as span:
                 try:
                     cwd = await checkout(self._params, workspace / "checkout")
                 except CheckoutError as e:
                     checkout_error = f"checkout failed: {e}"
                     span.set_status(Status(StatusCode.ERROR, checkout_error))
+        if self._stop.is_set():
+            return await self._fail(publisher, sequences, started_at, self._stop_reason)
         if checkout_error:
             return await self._fail(publisher, sequences, started_at, checkout_error)
         if cwd is None:
@@ -259,7 +287,10 @@ class JobExecutor:
 
         chunks_send, chunks_receive = trio.open_memory_channel[OutputChunk](CHUNK_BUFFER)
         batcher = OutputBatcher(
-            BatchLimits.from_config(self._job.execution_config), sequences, publisher.publish
+            BatchLimits.from_config(self._job.execution_config),
+            sequences,
+            publisher.publish,
+            secrets=self._secrets,
         )
         outcome: ProcessOutcome | None = None
         spawn_error = ""
@@ -277,6 +308,8 @@ class JobExecutor:
                             output=chunks_send,
                             on_start=on_start,
                             kill_grace=self._settings.kill_grace,
+                            stop=self._stop,
+                            stop_grace=self._settings.cancel_grace,
                             user=user,
                             tracked=tracked,
                         )
@@ -295,16 +328,29 @@ class JobExecutor:
                 f"timed out after {self._params.timeout_seconds} s; its process group was stopped"
             )
             return await self._fail(
+                publisher,
+                sequences,
+                started_at,
+                message,
+                exit_code=outcome.exit_code,
+                timed_out=True,
+            )
+        if outcome.stopped:
+            message = f"{self._stop_reason}; its process group was stopped"
+            return await self._fail(
                 publisher, sequences, started_at, message, exit_code=outcome.exit_code
             )
         await publisher.publish(_end_event(sequences.take(), outcome))
         return self._result(started_at, outcome.exit_code, "")
 
     @asynccontextmanager
-    async def _until_killed(self) -> AsyncIterator[None]:
-        """Run the body until it ends or ``kill`` is set, whichever comes first."""
+    async def _until_killed(self, *, or_stopped: bool = False) -> AsyncIterator[None]:
+        """Run the body until it ends or ``kill`` is set, whichever comes first;
+        with ``or_stopped``, or until the job is cancelled."""
         async with trio.open_nursery() as guard:
             guard.start_soon(self._cancel_on_kill, guard.cancel_scope)
+            if or_stopped:
+                guard.start_soon(_cancel_when_set, self._stop, guard.cancel_scope)
             yield
             guard.cancel_scope.cancel()
 
@@ -321,19 +367,25 @@ class JobExecutor:
         message: str,
         *,
         exit_code: int = NO_EXIT_CODE,
+        timed_out: bool = False,
     ) -> JobResult:
-        log.info("job %s: %s", self.job_id, message)
-        await publisher.publish(process_error_event(sequences.take(), message))
-        return self._result(started_at, exit_code, message)
+        shown = redact_text(message, self._secrets)
+        log.info("job %s: %s", self.job_id, shown)
+        await publisher.publish(process_error_event(sequences.take(), shown))
+        return self._result(started_at, exit_code, message, timed_out=timed_out)
 
-    def _result(self, started_at: int, exit_code: int, error: str) -> JobResult:
+    def _result(
+        self, started_at: int, exit_code: int, error: str, *, timed_out: bool = False
+    ) -> JobResult:
         return JobResult(
             job_id=self.job_id,
             success=exit_code == 0 and not error,
             exit_code=exit_code,
-            error_message=error,
+            # A command not found may be named by its secret, say.
+            error_message=redact_text(error, self._secrets),
             started_at=Timestamp.from_nanos(started_at),
             completed_at=Timestamp.from_nanos(time.time_ns()),
+            timed_out=timed_out,
         )
 
     def _environment(self) -> dict[str, str]:
@@ -345,6 +397,8 @@ class JobExecutor:
         if self._params.process_type == ProcessType.PTY:
             env["TERM"] = "xterm-256color"
         env.update(self._params.environment)
+        # The server refuses a name in both.
+        env.update(self._params.secrets)
         # Last: the job's processes name their job truly (the OrphanReaper and
         # the watchdog go by it).
         env[JOB_ID_VARIABLE] = self.job_id
@@ -439,6 +493,52 @@ class JobExecutor:
             next_beat = began + interval
             retry = HEARTBEAT_RETRY_SECONDS
 
+    async def _watch_cancel(self) -> None:
+        """Ask the server every ``cancel_check_interval`` whether the job was
+        cancelled, or is gone; if so, set ``_stop``.
+
+        A failed question is asked again with backoff: the job runs on meanwhile.
+        """
+        interval = self._settings.cancel_check_interval
+        request = GetJobRequest(job_id=self.job_id)
+        delay = interval
+        while True:
+            await trio.sleep(delay)
+            try:
+                response = await self._client.get_job(
+                    request, rpc_timeout=CANCEL_CHECK_TIMEOUT_SECONDS
+                )
+            except ConnectError as e:
+                if e.code == Code.NOT_FOUND:
+                    self._stop_job("the server no longer knows the job")
+                    return
+                if e.code == Code.UNIMPLEMENTED:
+                    log.warning(
+                        "job %s: the server has no GetJob: the job cannot be cancelled while "
+                        "it runs (%s)",
+                        self.job_id,
+                        e.message,
+                    )
+                    return
+                delay = min(delay * 2, max(interval, CANCEL_CHECK_MAX_SECONDS))
+                log.warning(
+                    "job %s: could not ask whether it was cancelled (%s); again in %.0f s",
+                    self.job_id,
+                    e.message,
+                    delay,
+                )
+                continue
+            delay = interval
+            job = response.job
+            if job is not None and (job.cancel_requested or job.state == JobState.CANCELLED):
+                self._stop_job(rules.cancelled_text(job.cancel_reason))
+                return
+
+    def _stop_job(self, reason: str) -> None:
+        log.warning("job %s: %s; stopping it", self.job_id, reason)
+        self._stop_reason = reason
+        self._stop.set()
+
     async def _complete(self, result: JobResult) -> None:
         backoff = 0.5
         for attempt in range(1, COMPLETE_ATTEMPTS + 1):
@@ -462,6 +562,11 @@ class JobExecutor:
                 result.exit_code,
             )
             return
+
+
+async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 def _start_event(sequence: int, pid: int, at_ns: int) -> JobEvent:

@@ -48,6 +48,8 @@ class ProcessOutcome:
     # The exit status, or 128 + the signal number when a signal ended it.
     exit_code: int
     timed_out: bool
+    # ``stop`` was set while it ran: its group was stopped on request.
+    stopped: bool
     started_at_ns: int
     duration_seconds: float
 
@@ -66,13 +68,16 @@ async def run_command(
     output: trio.MemorySendChannel[OutputChunk],
     on_start: Callable[[int, int], Awaitable[None]],
     kill_grace: float = KILL_GRACE_SECONDS,
+    stop: trio.Event | None = None,
+    stop_grace: float = KILL_GRACE_SECONDS,
     user: JobUser | None = None,
     tracked: TrackedJob | None = None,
 ) -> ProcessOutcome:
     """Run ``argv`` to its end, sending its output to ``output`` (closed on return).
 
     The command runs in a new session, so that ``time_limit`` or a cancellation ends
-    its whole process group: SIGTERM, then SIGKILL after ``kill_grace``.
+    its whole process group: SIGTERM, then SIGKILL after ``kill_grace``. Setting
+    ``stop`` ends it the same way, with ``stop_grace``.
     ``on_start(pid, started_at_ns)`` runs once the process exists. With ``user``
     it runs as that user, with that user's groups. With ``tracked``, what the job
     left running outside its group is ended too when it ends (``OrphanReaper``),
@@ -98,7 +103,16 @@ async def run_command(
                     await tracked.ended()
             raise
         try:
-            return await _supervise(process, readers, output, time_limit, on_start, kill_grace)
+            return await _supervise(
+                process,
+                readers,
+                output,
+                time_limit,
+                on_start,
+                kill_grace,
+                stop if stop is not None else trio.Event(),
+                stop_grace,
+            )
         finally:
             # What the job left running (a daemon, a sleeping child, children that
             # kept its output open) ends with it, on every path; then its guard;
@@ -118,10 +132,12 @@ async def _supervise(
     time_limit: float | None,
     on_start: Callable[[int, int], Awaitable[None]],
     kill_grace: float,
+    stop: trio.Event,
+    stop_grace: float,
 ) -> ProcessOutcome:
     started_at_ns = time.time_ns()
     started = time.monotonic()
-    timed_out = False
+    timed_out = stopped = False
     readers_done = trio.Event()
 
     async def read_all() -> None:
@@ -135,10 +151,14 @@ async def _supervise(
         try:
             await on_start(process.pid, started_at_ns)
             with trio.move_on_after(time_limit or float("inf")) as timer:
-                await process.wait()
+                async with trio.open_nursery() as waiting:
+                    waiting.start_soon(_cancel_when_set, stop, timer)
+                    await process.wait()
+                    waiting.cancel_scope.cancel()
             if timer.cancelled_caught:
-                timed_out = True
-                await _stop_group(process, kill_grace)
+                stopped = stop.is_set()
+                timed_out = not stopped
+                await _stop_group(process, stop_grace if stopped else kill_grace)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await _stop_group(process, kill_grace)
@@ -156,9 +176,15 @@ async def _supervise(
         pid=process.pid,
         exit_code=128 - code if code < 0 else code,
         timed_out=timed_out,
+        stopped=stopped,
         started_at_ns=started_at_ns,
         duration_seconds=duration,
     )
+
+
+async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 async def _spawn(

@@ -16,7 +16,7 @@ from airunner.api.job.v1.job_pb import DequeueJobRequest, DequeueJobResponse
 from airunner.client import AirunnerClient
 from airunner.wakeup import Wakeup
 
-from ._executor import ExecutorSettings, JobExecutor
+from ._executor import CANCEL_CHECK_SECONDS, ExecutorSettings, JobExecutor
 from ._isolation import JobUser
 from ._orphans import OrphanReaper
 from ._process import KILL_GRACE_SECONDS
@@ -66,6 +66,10 @@ class WorkerSettings:
     concurrency: int = 1
     work_dir: Path = Path("/tmp")
     kill_grace: float = KILL_GRACE_SECONDS
+    # A cancelled job's process group gets this long between SIGTERM and SIGKILL.
+    cancel_grace: float = KILL_GRACE_SECONDS
+    # How often each running job asks the server whether it was cancelled.
+    cancel_check_interval: float = CANCEL_CHECK_SECONDS
     # Run each job as this user (the worker must be root).
     job_user: JobUser | None = None
     # End and reap what jobs leave running outside their process group. Only
@@ -99,6 +103,8 @@ class Worker:
             work_dir=self._settings.work_dir,
             kill_grace=self._settings.kill_grace,
             job_user=self._settings.job_user,
+            cancel_grace=self._settings.cancel_grace,
+            cancel_check_interval=self._settings.cancel_check_interval,
         )
         try:
             await self._run(executor_settings)
