@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from airunner.api.job.v1.job_pb import JobResult, JobState
+from airunner.api.job.v1.job_pb import JobState
 from airunner.config import MemoryStoreSettings
 from airunner.server import open_store
-from tests.helpers import clean_env, end_event, read_until, start_event, tool
+from tests.helpers import clean_env, read_until, tool
 
 from .conftest import run_server
 from .test_commands import server_process
@@ -182,24 +182,11 @@ async def test_a_cancelled_job_exits_125_and_a_timed_out_one_124(cli: Cli) -> No
             assert await submit.wait() == 125
         assert submit.stderr is not None
         assert b"job cancelled (exit status 125)" in await submit.stderr.receive_some()
-    # The run ends as a worker reports a timed-out process: killed, and timed out.
-    store = cli.server.store
-    async with _cli_process(cli, "submit", "--timeout", "1", "--", "sleep", "30") as submit:
-        await read_until(submit.stderr, b"submitted")
-        delivery = await store.dequeue_job(
-            ["default"], 0, deadline=trio.current_time() + 5, worker_name="w1"
-        )
-        assert delivery is not None
-        job_id = delivery.job.job_id
-        await store.publish_events(delivery.task_token, [start_event(1), end_event(2, 137)])
-        await store.complete_job(
-            delivery.task_token,
-            JobResult(job_id=job_id, success=False, exit_code=137, timed_out=True),
-        )
-        with trio.fail_after(10):
-            assert await submit.wait() == 124
-        assert submit.stderr is not None
-        assert b"job timed out (exit status 124)" in await submit.stderr.receive_some()
+    # A real worker stops the job at its timeout and says so.
+    async with cli.worker():
+        done = await cli.run("submit", "--timeout", "1", "--", "sleep", "30")
+    assert done.returncode == 124, done.stderr
+    assert b"job timed out (exit status 124)" in done.stderr
 
 
 async def test_https_against_a_plain_http_server_says_to_use_http(cli: Cli) -> None:
