@@ -195,10 +195,10 @@ async def _serve(args: argparse.Namespace, settings: WorkerSettings) -> None:
     async with make_client(args, max_calls=max_calls) as client:
         worker = Worker(client, settings)
         log.info(
-            "worker %s polling %s on %s (concurrency %d)",
-            settings.name,
+            "worker polling %s on %s (name %s, concurrency %d)",
             _queues_text(settings.queues),
             client.server,
+            settings.name,
             settings.concurrency,
         )
         async with trio.open_nursery() as nursery:
