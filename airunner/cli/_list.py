@@ -34,8 +34,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help=f"only jobs in this state: {', '.join(_STATES)}",
     )
     listing.add_argument("--owner", default="", help="only jobs submitted with this --owner")
-    listing.add_argument("--page", type=int, default=1)
-    listing.add_argument("--page-size", type=int, default=50)
+    listing.add_argument("--page", type=int, default=1, help="which page, from 1 (default 1)")
+    listing.add_argument(
+        "--page-size", type=int, default=50, help="jobs per page, newest first (default 50)"
+    )
     listing.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
     listing.add_argument("--json", action="store_true", help="one JSON object per job")
     listing.set_defaults(run=lambda args: run_interruptibly(lambda: _list(args)))

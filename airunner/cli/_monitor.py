@@ -269,7 +269,10 @@ def _show(event: JobEvent) -> int | None:
         status(f"process exited with code {code}")
         return _status_of(code)
     elif event.event_type == EventType.PROCESS_ERROR and data.field == "process_error":
-        status(f"job failed: {data.value.error_message}")
+        # The run's end in the server's or worker's words ("cancelled: ...",
+        # "timed out after ...", "run 1 lost its worker ...; the job runs
+        # again"): not necessarily the job's failure, which the end says.
+        status(data.value.error_message)
         return EXIT_FAILED
     elif event.event_type == EventType.OUTPUT_TRUNCATED and data.field == "output_truncated":
         sys.stdout.flush()

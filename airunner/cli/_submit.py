@@ -15,6 +15,7 @@ import yaml
 from connectrpc.errors import ConnectError
 
 from airunner.api.job.v1.job_pb import EnqueueJobRequest, JobParams, ProcessType
+from airunner.worker import MIN_SECRET_BYTES
 
 from ._common import CliError, client_options, connected, explain, run_interruptibly, status
 from ._monitor import EXIT_STATUS_HELP, Followed, add_interrupt_option, follow, on_interrupt
@@ -123,6 +124,12 @@ def job_request(args: argparse.Namespace) -> EnqueueJobRequest:
     params.environment.update(_pairs(args.env, "--env"))
     params.metadata.update(_pairs(args.metadata, "--metadata"))
     params.secrets.update(_secrets(args.secret))
+    for name, value in sorted(params.secrets.items()):
+        if len(value.encode()) < MIN_SECRET_BYTES:
+            status(
+                f"secret {name} is shorter than {MIN_SECRET_BYTES} bytes: its value is not "
+                "redacted from the job's output (it would blank ordinary text)"
+            )
     if args.queue:
         queue = args.queue
     if not params.command:

@@ -339,11 +339,12 @@ class MemoryJobStore:
         self._evict_expired()
         reason = rules.check_cancel_reason(reason)
         record = self._record(job_id)
-        if record.job.cancel_requested:
-            # Asked before: CANCELLED, or RUNNING until its worker stops it.
-            return copy.deepcopy(record.job)
         if record.state in FINAL_STATES:
+            # CANCELLED included: a second cancel of a cancelled job says so.
             raise rules.already_ended(job_id, record.state)
+        if record.job.cancel_requested:
+            # Asked before; RUNNING until its worker stops it.
+            return copy.deepcopy(record.job)
         record.job.cancel_requested = True
         record.job.cancel_reason = reason
         if record.state == JobState.SCHEDULED or not record.taken_up:

@@ -25,13 +25,14 @@ from ._isolation import (
 from ._orphans import JOB_ID_VARIABLE, OrphanReaper, TrackedJob
 from ._process import KILL_GRACE_SECONDS, OutputChunk, ProcessOutcome, SpawnError, run_command
 from ._publisher import EventPublisher, PublishFailed
-from ._redact import Redactor
+from ._redact import MIN_SECRET_BYTES, Redactor
 from ._worker import PollRefused, Worker, WorkerSettings
 
 __all__ = [
     "CANCEL_CHECK_SECONDS",
     "JOB_ID_VARIABLE",
     "KILL_GRACE_SECONDS",
+    "MIN_SECRET_BYTES",
     "WORKER_SECRETS",
     "BatchLimits",
     "CheckoutError",

@@ -268,12 +268,16 @@ async def test_cancelling_twice_changes_nothing(store: JobStore) -> None:
     assert (again.state, again.cancel_reason) == (JobState.RUNNING, "first")
     assert again.updated_at == first.updated_at
     await store.cancel_job(scheduled, "first")
-    again = await store.cancel_job(scheduled, "second")
-    _assert_cancelled(again, "first")
+    # A cancelled job has ended: cancelling it again says so and changes nothing.
+    with pytest.raises(FailedPrecondition, match=f"job {scheduled} has already ended: cancelled"):
+        await store.cancel_job(scheduled, "second")
+    _assert_cancelled(await store.get_job(scheduled), "first")
     await store.complete_job(delivery.task_token, result(running, success=False, exit_code=143))
-    again = await store.cancel_job(running, "third")
-    _assert_cancelled(again, "first")
-    assert again.exit_code == 143
+    with pytest.raises(FailedPrecondition, match="already ended: cancelled"):
+        await store.cancel_job(running, "third")
+    job = await store.get_job(running)
+    _assert_cancelled(job, "first")
+    assert job.exit_code == 143
 
 
 async def test_a_delivery_not_yet_taken_up_is_cancelled_and_never_runs(

@@ -104,8 +104,11 @@ async def test_get_cancel_retry_and_list_of_a_waiting_job(cli: Cli) -> None:
     shown = _rows(await _ok(cli, "get", job_id))
     assert shown["state"] == "cancelled"
     assert shown["cancelled"] == "yes: not today"
-    # Asked again, it stays as the first cancel left it.
-    assert await _ok(cli, "cancel", job_id) == f"job {job_id} cancelled\n"
+    # Asked again, it says the job has ended, and stays as the first cancel left it.
+    again = await cli.run("cancel", job_id)
+    assert again.returncode == 1
+    assert f"job {job_id} has already ended: cancelled" in again.stderr.decode()
+    assert _rows(await _ok(cli, "get", job_id))["cancelled"] == "yes: not today"
 
     retried = await cli.run("retry", job_id)
     assert retried.returncode == 0, retried.stderr

@@ -161,3 +161,11 @@ def test_secret_help_says_a_name_alone_reads_the_environment(
     assert "K alone takes the value of this shell's environment variable K" in help_text
     assert "124 if it ran past its timeout; 125 if it was cancelled" in help_text
     assert "--cancel-on-interrupt" in help_text
+
+
+def test_a_secret_too_short_to_redact_is_pointed_out(capsys: pytest.CaptureFixture[str]) -> None:
+    parse("--secret", "PIN=123", "--secret", "TOKEN=long-enough", "--", "true")
+    said = capsys.readouterr().err
+    assert "secret PIN is shorter than 4 bytes: its value is not redacted" in said
+    assert "TOKEN" not in said
+    assert "123" not in said

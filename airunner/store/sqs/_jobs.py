@@ -914,11 +914,14 @@ class SQSJobs:
             if item is None:
                 raise NotFound(f"job {job_id} not found")
             now_ms = schema.now_ms()
+            job = schema.job_from_item(item, now_ms)
+            if job.state in FINAL_STATES:
+                # CANCELLED included (shown as such while its message has not come
+                # back to say so): a second cancel of a cancelled job says so.
+                raise rules.already_ended(job_id, job.state)
             if schema.cancel_requested(item):
-                # Asked before: CANCELLED, or RUNNING until its worker stops it.
-                return schema.job_from_item(item, now_ms)
-            if schema.is_final(item):
-                raise rules.already_ended(job_id, schema.stored_state(item))
+                # Asked before; RUNNING until its worker stops it.
+                return job
             if schema.is_live(item, now_ms) and schema.taken_up(item):
                 done = await self._request_cancel(item, reason, now_ms)
             elif (
