@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ._batcher import BatchLimits, OutputBatcher, Sequencer
 from ._checkout import CheckoutError, check_repository, checkout, resolve_working_directory
-from ._executor import CANCEL_CHECK_SECONDS, ExecutorSettings, JobExecutor
+from ._executor import CANCEL_CHECK_SECONDS, KILLED_REPORT_SECONDS, ExecutorSettings, JobExecutor
 from ._isolation import (
     WORKER_SECRETS,
     JobUser,
@@ -31,6 +31,7 @@ from ._worker import PollRefused, Worker, WorkerSettings
 __all__ = [
     "CANCEL_CHECK_SECONDS",
     "JOB_ID_VARIABLE",
+    "KILLED_REPORT_SECONDS",
     "KILL_GRACE_SECONDS",
     "MIN_SECRET_BYTES",
     "WORKER_SECRETS",

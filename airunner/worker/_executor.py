@@ -67,6 +67,10 @@ CLEANUP_SECONDS = 30.0
 CHUNK_BUFFER = 16
 # CompleteJob is retried this many times on transient errors.
 COMPLETE_ATTEMPTS = 6
+# Once the worker stops its jobs (a second signal, the drain timeout), a job's
+# last events and its CompleteJob get this long from the end of its command:
+# a server that is down does not keep the worker from exiting.
+KILLED_REPORT_SECONDS = 10.0
 # A running job asks the server this often whether it was cancelled: one
 # GetJob per running job, whatever else waits in the queues.
 CANCEL_CHECK_SECONDS = 3.0
@@ -130,6 +134,11 @@ class JobExecutor:
         # Set when the job was cancelled or is gone, with what the job's end says.
         self._stop = trio.Event()
         self._stop_reason = ""
+        # Whether its command started, and when it has ended (with its group).
+        self._command_started = False
+        self._command_ended = trio.Event()
+        # Set when the worker stopped the job and then gave up reporting it.
+        self._given_up = False
         # Trio's clock runs on while the worker is stopped (SIGSTOP): the time
         # since the delivery came is known even after a freeze.
         self._received_at = trio.current_time()
@@ -154,12 +163,42 @@ class JobExecutor:
                 "process.command": redact_text(self._params.command, self._secrets),
             },
         ) as span:
-            result = await self._run()
-            if result is None:
+            result = await self._run_bounded()
+            if self._given_up:
+                span.set_status(Status(StatusCode.ERROR, "stopped and not reported"))
+            elif result is None:
                 span.set_status(Status(StatusCode.ERROR, "the delivery was lost"))
             else:
                 span.set_attribute("airunner.job.success", result.success)
                 span.set_attribute("process.exit.code", result.exit_code)
+
+    async def _run_bounded(self) -> JobResult | None:
+        """``_run``, given up ``KILLED_REPORT_SECONDS`` after ``kill`` and the
+        command's end if the server has not taken the job's end by then."""
+        with trio.CancelScope() as report:
+            async with trio.open_nursery() as bound:
+                bound.start_soon(self._give_up_after_kill, report)
+                result = await self._run()
+                bound.cancel_scope.cancel()
+        return None if report.cancelled_caught else result
+
+    async def _give_up_after_kill(self, report: trio.CancelScope) -> None:
+        await self._kill.wait()
+        # Stopping the command takes its own grace; the time to report starts after.
+        if self._command_started:
+            await self._command_ended.wait()
+        await trio.sleep(KILLED_REPORT_SECONDS)
+        log.warning(
+            "job %s: the server did not take the job's end within %.0f s of it being "
+            "stopped; giving up on it: its delivery runs out and it runs again on "
+            "another worker (or fails as lost after its last attempt)",
+            self.job_id,
+            KILLED_REPORT_SECONDS,
+        )
+        self._given_up = True
+        # Cancelling leaves no process behind: the command's end, the sweeps and
+        # the workspace's removal are shielded.
+        report.cancel()
 
     async def _run(self) -> JobResult | None:
         started_at = time.time_ns()
@@ -297,6 +336,7 @@ class JobExecutor:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(batcher.run, chunks_receive)
             async with self._until_killed():
+                self._command_started = True
                 try:
                     with telemetry.tracer.start_as_current_span("run command"):
                         outcome = await run_command(
@@ -315,6 +355,8 @@ class JobExecutor:
                         )
                 except SpawnError as e:
                     spawn_error = str(e)
+                finally:
+                    self._command_ended.set()
         # The output channel is closed on every path, so the batcher has sent
         # the last output before the final event below.
         if spawn_error:

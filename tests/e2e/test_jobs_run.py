@@ -19,7 +19,7 @@ import trio
 from airunner.api.job.v1.job_pb import EventType, JobParams, JobState
 from airunner.client import AirunnerClient
 from airunner.store import EventQuery, JobStore, MemoryJobStore
-from airunner.worker import Worker, WorkerSettings
+from airunner.worker import KILLED_REPORT_SECONDS, Worker, WorkerSettings
 from tests.helpers import clean_env, eventually, process_ended, read_until, request_id, tool
 
 from .conftest import RunningServer, run_server
@@ -430,6 +430,68 @@ async def test_second_signal_stops_the_running_job_and_fails_it(cli: Cli, tmp_pa
     assert (await store.get_job(job.job_id)).state == JobState.FAILED
     done = await cli.run("monitor", job.job_id)
     assert b"the worker stopped before the job finished" in done.stderr
+
+
+async def test_second_signal_with_the_server_gone_stops_the_worker_within_its_bound(
+    tmp_path: Path,
+) -> None:
+    # The job's end cannot be reported: the worker gives up on it after
+    # KILLED_REPORT_SECONDS rather than retrying its events and CompleteJob.
+    from .test_cancel_and_secrets import naming
+    from .test_commands import server_process
+
+    work_dir = tmp_path / "work"
+    async with server_process("--no-auth") as server:
+        submitted = await trio.run_process(
+            [
+                tool("airunner-cli"),
+                "submit",
+                "--server",
+                server.url,
+                "--detach",
+                "--",
+                "sleep",
+                "1000",
+            ],
+            capture_stdout=True,
+            env=clean_env(),
+        )
+        job_id = submitted.stdout.decode().strip()
+        process = await trio.lowlevel.open_process(
+            [
+                tool("airunner-cli"),
+                "worker",
+                "--server",
+                server.url,
+                "--work-dir",
+                str(work_dir),
+            ],
+            env=clean_env(),
+            stderr=subprocess.PIPE,
+        )
+        worker = WorkerProcess(process)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(worker.read_log)
+                await eventually(lambda: bool(naming(job_id)))
+                server.process.kill()
+                await server.process.wait()
+                worker.send_signal(signal.SIGTERM)
+                await worker.logged("taking no new jobs")
+                worker.send_signal(signal.SIGTERM)
+                with trio.fail_after(KILLED_REPORT_SECONDS + 8):
+                    assert await worker.wait() == 0
+        finally:
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+    assert (
+        f"job {job_id}: the server did not take the job's end within 10 s of it being stopped; "
+        "giving up on it: its delivery runs out and it runs again on another worker "
+        "(or fails as lost after its last attempt)"
+    ).encode() in worker.log, worker.log.decode()
+    assert naming(job_id) == []
+    assert list(work_dir.iterdir()) == []
 
 
 def _params(**fields: object):  # type: ignore[no-untyped-def]
