@@ -103,8 +103,10 @@ class JobExecutor:
 
     Heartbeats (UpdateJob) run beside it. If the server refuses one, the job
     was lost to visibility expiry: the process is stopped and nothing is
-    completed. ``kill`` stops the job early and fails it. ``reaper`` ends what
-    the job leaves running outside its process group.
+    completed. ``kill`` stops the job early and fails it; a job whose end the
+    server has not taken ``KILLED_REPORT_SECONDS`` after its command's end is
+    then given up, left to its delivery's expiry. ``reaper`` ends what the job
+    leaves running outside its process group.
 
     Beside them too, a GetJob every ``cancel_check_interval`` asks whether the
     job was cancelled (or is gone); if so its process group is stopped (SIGTERM,
