@@ -112,9 +112,22 @@ class _JobRecord:
 @dataclass(eq=False)
 class _Queue:
     ready: list[tuple[int, str]] = field(default_factory=list)
-    # One event per dequeuer waiting on this queue; a dequeuer of several
-    # queues puts its one event in each, and any of them wakes it.
-    waiters: set[trio.Event] = field(default_factory=set)
+    # The dequeuers asleep on this queue, first come first; a dequeuer of
+    # several queues is in each of its queues', and waking it takes it out of all.
+    waiters: dict[_Waiter, None] = field(default_factory=dict)
+    # Dequeuers of this queue woken and yet to look for a job.
+    woken: int = 0
+
+
+class _Waiter:
+    """One DequeueJob call asleep until a job is ready on one of its queues."""
+
+    __slots__ = ("queues", "readied", "woken")
+
+    def __init__(self, queues: list[_Queue]) -> None:
+        self.queues = queues
+        self.readied = trio.Event()
+        self.woken = False
 
 
 class _Subscriber:
@@ -279,17 +292,26 @@ class MemoryJobStore:
                 for queue in waiting:
                     if queue.ready:
                         _, job_id = heapq.heappop(queue.ready)
+                        # Jobs left on its other queues may have counted on this
+                        # dequeuer, woken for them too.
+                        self._wake_waiters(waiting)
                         return self._deliver(self._jobs[job_id], visibility, worker_name)
                 # Nothing awaits between the look above and joining the waiters:
                 # no job made ready in between is missed.
-                readied = trio.Event()
+                waiter = _Waiter(waiting)
                 for queue in waiting:
-                    queue.waiters.add(readied)
+                    queue.waiters[waiter] = None
                 try:
-                    await readied.wait()
-                finally:
-                    for queue in waiting:
-                        queue.waiters.discard(readied)
+                    await waiter.readied.wait()
+                except BaseException:
+                    # Cancelled, perhaps after being woken for a job: whoever
+                    # is next takes it instead.
+                    self._leave(waiter)
+                    self._wake_waiters(waiting)
+                    raise
+                self._leave(waiter)
+                # Woken: the loop takes a job, unless a dequeuer that never
+                # slept took it first, and sleeps again if not.
         return None
 
     async def release_job(self, task_token: str) -> None:
@@ -598,11 +620,33 @@ class MemoryJobStore:
         self._set_state(record, JobState.SCHEDULED)
         waiting = self._queues[record.queue]
         heapq.heappush(waiting.ready, (record.order, record.job.job_id))
-        # Every waiter looks again; the first to run takes the job. Waking only
-        # one could strand the job behind a waiter that is being cancelled.
-        for readied in waiting.waiters:
-            readied.set()
-        waiting.waiters.clear()
+        self._wake_waiters([waiting])
+
+    def _wake_waiters(self, queues: Sequence[_Queue]) -> None:
+        """Wake the longest asleep dequeuers of ``queues`` until each ready
+        job has one woken for it, so that no job is ready while a dequeuer
+        of its queue sleeps, and one job wakes one dequeuer, not all.
+
+        A woken dequeuer that takes no job (it was cancelled, or one that
+        never slept took the job first) calls this again, as does one that
+        took a job while others waited on its other queues.
+        """
+        for queue in queues:
+            while len(queue.ready) > queue.woken and queue.waiters:
+                waiter = next(iter(queue.waiters))
+                waiter.woken = True
+                for woken in waiter.queues:
+                    del woken.waiters[waiter]
+                    woken.woken += 1
+                waiter.readied.set()
+
+    def _leave(self, waiter: _Waiter) -> None:
+        """The dequeuer is no longer asleep nor woken."""
+        for queue in waiter.queues:
+            if waiter.woken:
+                queue.woken -= 1
+            else:
+                del queue.waiters[waiter]
 
     def _set_visible_until(self, record: _JobRecord, deadline: float) -> None:
         record.visible_until = deadline
