@@ -83,8 +83,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def server_and_worker(total_bytes: int) -> Iterator[str]:
-    """A server process and a worker process; yields the server's URL."""
+def server_and_worker(total_bytes: int) -> Iterator[tuple[str, dict[str, int]]]:
+    """A server process and a worker process; yields the server's URL and their pids."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     work_dir = tempfile.mkdtemp(prefix="airunner-bench-")
@@ -115,7 +115,7 @@ def server_and_worker(total_bytes: int) -> Iterator[str]:
             env=env,
             **quiet,
         )
-        yield url
+        yield url, {"server": server.pid, "worker": worker.pid}
     finally:
         for process in (worker, server):
             if process is not None:
@@ -190,6 +190,17 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
 
 
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU time so far of each process, and of this one (the subscriber)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for name, pid in pids.items():
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        used[name] = (int(fields[11]) + int(fields[12])) / ticks
+    used["subscriber"] = time.process_time()
+    return used
+
+
 def report(figure: str, now: str, baseline: str, ratio: str, target: str, met: bool) -> None:
     print(
         f"{figure:<34} {now:>14} | baseline {baseline:>14} | {ratio:>7} | "
@@ -199,11 +210,13 @@ def report(figure: str, now: str, baseline: str, ratio: str, target: str, met: b
 
 async def main(megabytes: int, lines: int) -> None:
     total = megabytes * MB
-    with server_and_worker(total) as url:
+    with server_and_worker(total) as (url, pids):
         async with AirunnerClient(url) as client:
             for mode in ("random", "repetitive"):
                 bare = await throughput(pipe_output(PRODUCER, mode, str(total)))
+                before = cpu_seconds(pids)
                 ours = await throughput(job_output(client, PRODUCER, mode, str(total)))
+                after = cpu_seconds(pids)
                 ratio = ours / bare
                 report(
                     f"output, {megabytes} MB {mode} text",
@@ -212,6 +225,13 @@ async def main(megabytes: int, lines: int) -> None:
                     f"{ratio:.1%}",
                     f"≥ {THROUGHPUT_TARGET:.0%}",
                     ratio >= THROUGHPUT_TARGET,
+                )
+                print(
+                    "  CPU seconds per 100 MB: "
+                    + ", ".join(
+                        f"{name} {(after[name] - before[name]) * 100 / megabytes:.2f}"
+                        for name in after
+                    )
                 )
             bare_ms = await latencies(pipe_output(LINES, str(lines)))
             ours_ms = await latencies(job_output(client, LINES, str(lines)))
