@@ -56,6 +56,7 @@ from airunner.api.job.v1.job_pb import (
     UpdateJobRequest,
     UpdateJobResponse,
 )
+from airunner.compression import GZIP
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +131,16 @@ class AirunnerClient:
         http = SyncClient(transport)
         # A client span per call, its context sent along (W3C traceparent).
         tracing = [OpenTelemetryInterceptor(client=True)]
+        # Gzip only for messages it shrinks, at a fast level (airunner.compression).
+        options: dict[str, Any] = {
+            "http_client": http,
+            "interceptors": tracing,
+            "send_compression": GZIP,
+            "accept_compression": [GZIP],
+        }
         self._opened = (
-            JobServiceClientSync(self.server, http_client=http, interceptors=tracing),
-            JobEventsServiceClientSync(self.server, http_client=http, interceptors=tracing),
+            JobServiceClientSync(self.server, **options),
+            JobEventsServiceClientSync(self.server, **options),
         )
         return self
 

@@ -14,6 +14,7 @@ from airunner.api.job.v1.job_connect import (
     JobEventsServiceASGIApplication,
     JobServiceASGIApplication,
 )
+from airunner.compression import GZIP
 from airunner.store import JobStore
 
 from ._auth import BearerAuth
@@ -56,12 +57,14 @@ def build_app(
         interceptors=interceptors,
         read_max_bytes=READ_MAX_BYTES,
         codecs=codecs,
+        compressions=[GZIP],
     )
     events = JobEventsServiceASGIApplication(
         JobEventsServiceHandler(store, drain),
         interceptors=interceptors,
         read_max_bytes=READ_MAX_BYTES,
         codecs=codecs,
+        compressions=[GZIP],
     )
     mounts: dict[str, Any] = {
         jobs.path: jobs,

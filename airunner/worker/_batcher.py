@@ -28,8 +28,11 @@ from ._redact import Redactor
 MAX_BATCH_BYTES = 256 * 1024
 MAX_ITEM_BYTES = 200 * 1024
 DEFAULT_MAX_BATCH_SIZE = 1000
-# Output that trickles in reaches a watcher within about this long.
+# Output that comes in bursts reaches a watcher within about this long.
 DEFAULT_FLUSH_INTERVAL_SECONDS = 0.1
+# Events of one job are at least this far apart (or the flush interval, if
+# shorter): a lone line goes out at once, dense output in batches.
+MIN_EVENT_GAP_SECONDS = 0.01
 
 
 class Sequencer:
@@ -76,9 +79,15 @@ class BatchLimits:
 class OutputBatcher:
     """Reads output chunks and emits OUTPUT_BATCH events.
 
-    A batch is emitted when it holds ``max_items`` items, when the next item
-    would take it past ``max_bytes``, or ``flush_interval`` after its first item
-    arrived, whichever comes first; and when the output ends. Chunks larger than
+    A batch is due when its first item arrives if the previous event went out
+    at least ``MIN_EVENT_GAP_SECONDS`` before, else that long after the previous
+    event: sparse output goes out at once, dense output in batches that grow
+    with it. When due, it takes the chunks already waiting and is emitted. A
+    batch is emitted sooner when it holds ``max_items`` items or when the next
+    item would take it past ``max_bytes``, and never later than
+    ``flush_interval`` after its first item arrived (emits that take long make
+    later batches bigger, within those bounds); and when the output ends.
+    Chunks larger than
     ``max_item_bytes`` are split. Every item takes one sequence; the event's own
     sequence is its first item's.
 
@@ -100,8 +109,10 @@ class OutputBatcher:
         self._emit = emit
         self._items: list[OutputChunk] = []
         self._bytes = 0
-        # When the batch being made is due.
+        # When the batch being made is due, and when the last event went out.
         self._deadline = math.inf
+        self._emitted_at = -math.inf
+        self._gap = min(MIN_EVENT_GAP_SECONDS, limits.flush_interval)
         # Each stream's secrets are redacted on their own: a secret may be cut
         # across two reads of one stream, never across two streams.
         self._secrets = secrets
@@ -116,13 +127,23 @@ class OutputBatcher:
         async with chunks:
             while True:
                 chunk = None
-                # Only the wait is bounded by the flush deadline: an emit that
-                # is slow must never be cut short.
-                with trio.move_on_at(min([self._deadline, *self._held_until.values()])):
+                if self._deadline <= trio.current_time():
+                    # Due: the chunks already waiting go in it too.
                     try:
-                        chunk = await chunks.receive()
+                        chunk = chunks.receive_nowait()
+                    except trio.WouldBlock:
+                        await self._flush()
+                        continue
                     except trio.EndOfChannel:
                         break
+                else:
+                    # Only the wait is bounded by the flush deadline: an emit
+                    # that is slow must never be cut short.
+                    with trio.move_on_at(min([self._deadline, *self._held_until.values()])):
+                        try:
+                            chunk = await chunks.receive()
+                        except trio.EndOfChannel:
+                            break
                 if chunk is None:
                     # Bytes that could have begun a secret, but no more came
                     # within the flush interval: the job's output must not wait.
@@ -166,7 +187,10 @@ class OutputBatcher:
             ):
                 await self._flush()
             if not self._items:
-                self._deadline = trio.current_time() + self._limits.flush_interval
+                now = trio.current_time()
+                self._deadline = min(
+                    now + self._limits.flush_interval, max(now, self._emitted_at + self._gap)
+                )
             self._items.append(piece)
             self._bytes += len(piece.data)
         if len(self._items) >= self._limits.max_items:
@@ -217,3 +241,4 @@ class OutputBatcher:
             ),
         )
         await self._emit(event)
+        self._emitted_at = trio.current_time()

@@ -70,15 +70,50 @@ def test_limits_come_from_the_execution_config() -> None:
     assert BatchLimits.from_config(None).flush_interval == 0.1
 
 
-async def test_trickling_output_is_sent_after_the_flush_interval(
+async def test_a_lone_line_is_sent_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    start = trio.current_time()
+    recorder, _ = await run_batcher(limits(), [(0, b"a"), (0.05, b"b"), (2, b"c")], linger=5)
+    times = [round(when - start, 6) for when, _ in recorder.events]
+    assert recorder.batches() == [[b"a"], [b"b"], [b"c"]]
+    assert times == [0, 0.05, 2.05]
+
+
+async def test_dense_output_is_batched_one_event_per_gap(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     start = trio.current_time()
-    recorder, _ = await run_batcher(limits(), [(0, b"a"), (0.05, b"b"), (2, b"c")], linger=5)
-    times = [when - start for when, _ in recorder.events]
-    assert recorder.batches() == [[b"a", b"b"], [b"c"]]
-    assert abs(times[0] - 0.1) < 1e-6
-    assert abs(times[1] - 2.15) < 1e-6
+    # A line every 3 ms for 300 ms: the first goes at once, the rest in
+    # batches 10 ms apart.
+    feed = [(0.003, b"line %d" % i) for i in range(100)]
+    recorder, _ = await run_batcher(limits(), feed)
+    times = [round(when - start, 6) for when, _ in recorder.events]
+    assert [len(batch) for batch in recorder.batches()][:3] == [1, 3, 3]
+    assert times[:3] == [0.003, 0.013, 0.023]
+    assert len(recorder.events) <= 31
+    assert [item for batch in recorder.batches() for item in batch] == [d for _, d in feed]
+
+
+async def test_a_slow_emit_makes_the_next_batch_bigger(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    recorder = Recorder()
+
+    async def slow_emit(event: JobEvent) -> None:
+        await recorder.emit(event)
+        await trio.sleep(0.5)
+
+    send, receive = trio.open_memory_channel[OutputChunk](1000)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(OutputBatcher(limits(), Sequencer(), slow_emit).run, receive)
+        async with send:
+            for i in range(300):
+                await trio.sleep(0.002)
+                await send.send(OutputChunk(b"%d" % i, StreamType.STDOUT, 0))
+    sizes = [len(batch) for batch in recorder.batches()]
+    assert sum(sizes) == 300
+    # While an emit takes 0.5 s the next batch gathers what arrives meanwhile.
+    assert sizes[0] == 1
+    assert sizes[1] > 200
 
 
 async def test_heavy_output_is_batched_by_bytes_and_split_by_item(
@@ -96,7 +131,8 @@ async def test_heavy_output_is_batched_by_bytes_and_split_by_item(
 
 async def test_item_count_bounds_a_batch(autojump_clock: trio.testing.MockClock) -> None:
     recorder, _ = await run_batcher(limits(max_items=3), [(0, b"x")] * 7)
-    assert [len(batch) for batch in recorder.batches()] == [3, 3, 1]
+    # The first goes at once; the rest come before the next is due.
+    assert [len(batch) for batch in recorder.batches()] == [1, 3, 3]
 
 
 async def test_sequences_cover_every_item(autojump_clock: trio.testing.MockClock) -> None:
@@ -107,7 +143,7 @@ async def test_sequences_cover_every_item(autojump_clock: trio.testing.MockClock
         assert event.event_type == EventType.OUTPUT_BATCH
         assert event.sequence == batch.start_sequence
         spans.append((batch.start_sequence, batch.end_sequence))
-    assert spans == [(1, 2), (3, 3)]
+    assert spans == [(1, 1), (2, 3)]
     assert sequences.take() == 4
 
 

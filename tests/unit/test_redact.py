@@ -147,5 +147,5 @@ async def test_the_batcher_redacts_each_stream_and_waits_a_flush_interval_at_mos
     assert text[out] == b"pw " + REDACTED + b"\nhunter22"
     assert text[err] == REDACTED + b"?hunter"
     # "pw " came at once; the held "hunt" within the interval, not at the end.
-    assert recorder.items[0] == (0.1, out, b"pw ")
+    assert recorder.items[0] == (0.0, out, b"pw ")
     assert (0.15, out, b"hunt") in [(round(t, 3), s, d) for t, s, d in recorder.items]
