@@ -90,18 +90,30 @@ async def run_command(
         Stops the process group (shielded), then re-raises.
     """
     async with output:
-        process, readers = await _spawn(argv, cwd, env, pty, user)
+        # The watchdog comes first, so that no moment passes in which the job
+        # runs and nothing would kill it if the worker died; it learns the
+        # job's process group through a pipe once the process exists.
+        group_read, group_write = os.pipe()
+        try:
+            watchdog = await _start_watchdog(group_read, tracked.job_id if tracked else "")
+        except BaseException:
+            os.close(group_write)
+            raise
+        finally:
+            os.close(group_read)
+        try:
+            process, readers = await _spawn(argv, cwd, env, pty, user)
+        except BaseException:
+            os.close(group_write)
+            watchdog.kill()
+            with trio.CancelScope(shield=True):
+                await watchdog.wait()
+            raise
+        os.write(group_write, f"{process.pid}\n".encode())
+        os.close(group_write)
         if tracked is not None:
             tracked.held.add(process.pid)
             tracked.process_group = process.pid
-        try:
-            watchdog = await _start_watchdog(process.pid, tracked.job_id if tracked else "")
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await _stop_group(process, 0)
-                if tracked is not None:
-                    await tracked.ended()
-            raise
         try:
             return await _supervise(
                 process,
@@ -271,24 +283,31 @@ def _not_found(command: str, cwd: Path) -> str:
 _lifeline: tuple[int, int] | None = None
 
 
-# The watchdog, once the worker is gone: kill the job's process group; then,
+# The watchdog: it reads the job's process group from its stdin (nothing, if
+# the job never started), then waits for the worker to be gone, reading the
+# lifeline it was given as stderr (sh redirects only descriptors 0 to 9, so
+# neither pipe is passed under its own number); then it kills the job's
+# process group; then,
 # a few times over (to catch a process forked meanwhile), every process whose
 # environment names the job: those that left the group. One that cleared its
 # environment too outlives its worker.
 _WATCHDOG = f"""
+group=
+read group
+exec 0<&2 2>/dev/null
 read _
-kill -s KILL -- "-$1"
-[ -n "$2" ] || exit 0
+[ -z "$group" ] || kill -s KILL -- "-$group"
+[ -n "$1" ] || exit 0
 for _ in 1 2 3; do
     # Not grep's status: a process that ends while grep reads makes it 2.
-    found=$(grep -lsxzF -e "{JOB_ID_VARIABLE}=$2" /proc/[0-9]*/environ)
+    found=$(grep -lsxzF -e "{JOB_ID_VARIABLE}=$1" /proc/[0-9]*/environ)
     [ -n "$found" ] || exit 0
     for f in $found; do p=${{f#/proc/}}; kill -s KILL "${{p%/environ}}"; done
 done
 """
 
 
-async def _start_watchdog(pgid: int, job_id: str) -> trio.Process:
+async def _start_watchdog(group_pipe: int, job_id: str) -> trio.Process:
     """A process that kills the job's processes if the worker dies first.
 
     Why not a parent-death signal: trio forks from a worker thread, and Linux
@@ -300,10 +319,10 @@ async def _start_watchdog(pgid: int, job_id: str) -> trio.Process:
         # Both ends close on exec: no job inherits either.
         _lifeline = os.pipe()
     return await trio.lowlevel.open_process(
-        ["sh", "-c", _WATCHDOG, "airunner-watchdog", str(pgid), job_id],
-        stdin=_lifeline[0],
+        ["sh", "-c", _WATCHDOG, "airunner-watchdog", job_id],
+        stdin=group_pipe,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=_lifeline[0],
         # Nothing of the worker's environment: a job could read it in the
         # watchdog's /proc/<pid>/environ.
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
