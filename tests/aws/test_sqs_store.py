@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -245,3 +246,72 @@ async def test_a_completion_that_read_the_job_before_its_cancel_ends_it_cancelle
         await store.complete_job(delivery.task_token, result(job.job_id))
         stored = await store.get_job(job.job_id)
         assert (stored.state, stored.exit_code) == (JobState.CANCELLED, 0)
+
+
+class _Calls:
+    """The AWS calls a store makes, by operation (once per call, whatever its
+    retries), leaving out the dead-letter readers' receives."""
+
+    def __init__(self, aws: Any, dead_letter_urls: Any) -> None:
+        self.made: Counter[str] = Counter()
+        self._dead_letter_urls = set(dead_letter_urls)
+        for client in (aws.sqs, aws.dynamodb):
+            client.meta.events.register("provide-client-params", self._count)
+
+    def _count(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        if params.get("QueueUrl") not in self._dead_letter_urls:
+            self.made[model.name] += 1
+
+
+async def test_a_job_waiting_for_its_worker_costs_six_aws_calls(
+    aws_env: dict[str, str],
+) -> None:
+    """Enqueue, dequeue and complete: the message and the transaction that
+    writes the job, the receive, the write that starts it, the write that ends
+    it and the delete; no read."""
+    async with open_sqs_store(token_secret=SECRET) as (store, aws, resources):
+        calls = _Calls(aws, resources.dead_letter_queue_urls.values())
+        job = await store.enqueue_job(request_id(), "default", params())
+        delivery = await store.dequeue_job(["default"], 60, deadline=trio.current_time() + 15)
+        assert delivery is not None
+        await store.complete_job(delivery.task_token, result(job.job_id))
+        assert (await store.get_job(job.job_id)).state == JobState.COMPLETED
+    del calls.made["GetItem"]  # get_job's
+    assert calls.made == {
+        "SendMessage": 1,
+        "TransactWriteItems": 1,
+        "ReceiveMessage": 1,
+        "UpdateItem": 2,
+        "DeleteMessage": 1,
+    }
+
+
+async def test_a_runs_publishes_and_heartbeats_read_nothing_the_replica_wrote(
+    aws_env: dict[str, str],
+) -> None:
+    """Each publish and heartbeat is checked against the job item its replica
+    wrote last (the delivery, the take-up, the heartbeat); a replica that never
+    saw the delivery reads it once."""
+    async with (
+        open_sqs_store(token_secret=SECRET) as (first, aws, resources),
+        running_sqs_store(aws, resources, token_secret=SECRET) as second,
+    ):
+        job = await first.enqueue_job(request_id(), "default", params())
+        delivery = await first.dequeue_job(["default"], 60, deadline=trio.current_time() + 15)
+        assert delivery is not None
+        token = delivery.task_token
+        calls = _Calls(aws, resources.dead_letter_queue_urls.values())
+        await first.publish_events(token, [])
+        await first.publish_events(token, [start_event(1)])
+        await first.update_job("default", token, 60)
+        await first.publish_events(token, [output_event(2)])
+        assert calls.made["GetItem"] == calls.made["Query"] == 0
+        await second.publish_events(token, [output_event(3)])
+        await second.publish_events(token, [output_event(4)])
+        await second.update_job("default", token, 60)
+        await second.publish_events(token, [end_event(5)])
+        assert calls.made["GetItem"] == 1
+        await first.complete_job(token, result(job.job_id))
+        async with first.subscribe_events(job.job_id, EventQuery()) as stream:
+            events = await drain(stream)
+    assert [event.sequence for event in events] == [1, 2, 3, 4, 5]

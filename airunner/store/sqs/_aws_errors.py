@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -32,7 +33,16 @@ class TransactionCancelled(Exception):
 
 
 class ConditionFailed(Exception):
-    """The condition of a conditional write failed; nothing was written."""
+    """The condition of a conditional write failed; nothing was written.
+
+    Attributes:
+        item: The item as it was, when the write asked for it
+            (``ReturnValuesOnConditionCheckFailure``) and it exists; else None.
+    """
+
+    def __init__(self, item: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.item = item
 
 
 class ReceiptExpired(Exception):
@@ -62,7 +72,8 @@ def aws_errors() -> Iterator[None]:
         if code == "TransactionCanceledException":
             raise TransactionCancelled() from None
         if code == "ConditionalCheckFailedException":
-            raise ConditionFailed() from None
+            item: Any = e.response.get("Item")
+            raise ConditionFailed(dict(item) if item else None) from None
         if code in RECEIPT_EXPIRED_CODES:
             raise ReceiptExpired() from None
         if code in THROTTLING_CODES:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
@@ -81,8 +82,19 @@ RECYCLE_DELAY = 1
 # Pauses between reads of a job whose message came before the job was written
 # (the enqueue writes it right after sending): about a second in all.
 WRITE_PAUSES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
+# Pauses before each try to start a first run, while the job it names is not
+# there: an enqueue writes its job just after it sends the message.
+FIRST_RUN_PAUSES = (0, 0.01, 0.02)
 # The visibility timeout when a message is made visible at once.
 AT_ONCE = 0
+# A publish trusts the job item this replica last wrote or read for its
+# delivery while the delivery has this much longer to run by that item: no
+# other delivery of the job can start before then. The margin covers clocks
+# of replicas that differ a little.
+LEASE_MARGIN_MS = 2_000
+# Deliveries whose item a replica keeps for their publishes; one it forgot
+# costs a GetItem at its next publish.
+KEPT_LEASES = 4096
 
 
 _FINAL_VALUES = [{"N": str(int(state))} for state in FINAL_STATES]
@@ -144,6 +156,9 @@ class SQSJobs:
         self.extenders = {
             name: VisibilityExtender(aws.sqs, name, url) for name, url in self._urls.items()
         }
+        # The job item of each delivery publishing here, by job id, as this
+        # replica last wrote or read it; least recently used first.
+        self._leases: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     @property
     def queues(self) -> Collection[str]:
@@ -301,7 +316,24 @@ class SQSJobs:
         self, poller: QueuePoller, received: Received, visibility: int, worker_name: str
     ) -> Delivery | None:
         """Turn a received message into a delivery, or dispose of it."""
-        item = await self._triage(poller.url, poller.queue, received)
+        known = None
+        if self._may_be_first_run(poller.queue, received, visibility):
+            # A waiting poller can receive a message before its enqueue has
+            # written the job (the message goes first): the write is tried
+            # again a moment later, then the message is looked into.
+            for pause in FIRST_RUN_PAUSES:
+                await trio.sleep(pause)
+                try:
+                    return await self._start_first_run(
+                        poller.queue, received, visibility, worker_name
+                    )
+                except ConditionFailed as e:
+                    # Not a job waiting for its first run with this message:
+                    # the item as it was says what to do.
+                    known = e.item
+                    if known is not None:
+                        break
+        item = await self._triage(poller.url, poller.queue, received, known)
         if item is None:
             return None
         message = received.message
@@ -324,21 +356,24 @@ class SQSJobs:
             return None
         base, output = await self._close_lost_run(item, failed=False)
         # Until the worker takes it up, the delivery lasts the confirm window at
-        # most. Set before the item says so, from a time before SQS's clock starts.
+        # most, for which the poller hid the message when it was received. A
+        # shorter one is set before the item says so, from a time before SQS's
+        # clock starts.
         first = min(visibility, self._confirm_seconds)
         now_ms = schema.now_ms()
         until_ms = now_ms + first * 1000
-        try:
-            with aws_errors():
-                await self.extenders[queue].change(receipt, first)
-        except ReceiptExpired:
-            # Received again meanwhile; that receive carries on.
-            return None
+        if first < self._confirm_seconds:
+            try:
+                with aws_errors():
+                    await self.extenders[queue].change(receipt, first)
+            except ReceiptExpired:
+                # Received again meanwhile; that receive carries on.
+                return None
         previous = schema.attempt_of(item)
         truncated = output.truncated_at is not None
         try:
             with aws_errors():
-                await self._aws.dynamodb.update_item(
+                response = await self._aws.dynamodb.update_item(
                     TableName=self._table,
                     Key=schema.job_key(job_id),
                     UpdateExpression=(
@@ -373,26 +408,104 @@ class SQSJobs:
                         ":final1": _FINAL_VALUES[1],
                         ":final2": _FINAL_VALUES[2],
                     },
+                    ReturnValues="ALL_NEW",
                 )
         except ConditionFailed:
             # Another replica got there first (SQS can hand a message out twice).
             return None
+        return self._delivered(dict(response["Attributes"]), now_ms)
+
+    def _may_be_first_run(self, queue: str, received: Received, visibility: int) -> bool:
+        """Whether the message may start a job's first run in one write: it is
+        received for the first time (so no receive of it was wasted), is not
+        its last allowed receive, and the poller's hold on it is the confirm
+        window the delivery starts with."""
+        return (
+            received.receive_count == 1
+            and self._max_receives[queue] > 1
+            and visibility >= self._confirm_seconds
+            and schema.parse_message_body(received.message.get("Body", "")) is not None
+        )
+
+    async def _start_first_run(
+        self, queue: str, received: Received, visibility: int, worker_name: str
+    ) -> Delivery:
+        """Deliver a job that never ran (no run was taken up, so it has no
+        events and no output) and is waiting for this message: one conditional
+        write, no read before it.
+
+        Raises:
+            ConditionFailed: it is not such a job, with its item if it exists.
+        """
+        message = received.message
+        named = schema.parse_message_body(message["Body"])
+        assert named is not None
+        job_id = named[0]
+        now_ms = schema.now_ms()
+        # The poller hid the message for the confirm window when it was
+        # received, a little before now: SQS shows it again a little before
+        # the item says the delivery is over, and a receive then hides it
+        # until it is (``_postpone``).
+        until_ms = now_ms + self._confirm_seconds * 1000
+        with aws_errors():
+            response = await self._aws.dynamodb.update_item(
+                TableName=self._table,
+                Key=schema.job_key(job_id),
+                UpdateExpression=(
+                    "SET #state = :running, attempt = attempt + :one,"
+                    " receipt_handle = :receipt, visible_until = :until, updated_at = :now,"
+                    " sequence_base = :none, visibility = :visibility, worker = :worker,"
+                    " output_bytes = :none"
+                ),
+                ConditionExpression=(
+                    "#state = :scheduled AND runs = :none AND message_id = :message"
+                    " AND attribute_not_exists(cancel_requested)"
+                ),
+                ExpressionAttributeNames={"#state": "state"},
+                ExpressionAttributeValues={
+                    ":running": {"N": str(int(JobState.RUNNING))},
+                    ":scheduled": {"N": str(int(JobState.SCHEDULED))},
+                    ":one": {"N": "1"},
+                    ":none": {"N": "0"},
+                    ":receipt": {"S": message["ReceiptHandle"]},
+                    ":until": {"N": str(until_ms)},
+                    ":now": {"N": str(now_ms)},
+                    ":visibility": {"N": str(visibility)},
+                    ":message": {"S": message["MessageId"]},
+                    ":worker": {"S": worker_name},
+                },
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        return self._delivered(dict(response["Attributes"]), now_ms)
+
+    def _delivered(self, item: dict[str, Any], now_ms: int) -> Delivery:
+        """The delivery of the job item a delivery just wrote; kept for its publishes."""
+        job_id = schema.job_id_of(item)
+        queue = schema.queue_of(item)
+        attempt = schema.attempt_of(item)
         telemetry.jobs_dequeued.add(1, {"queue": queue})
-        if previous > 0:
+        if attempt > 1:
             telemetry.jobs_redelivered.add(1, {"queue": queue})
-        item["state"] = {"N": str(int(JobState.RUNNING))}
-        item["updated_at"] = {"N": str(now_ms)}
-        item["visible_until"] = {"N": str(until_ms)}
-        item["worker"] = {"S": worker_name}
-        token = self._signer.sign(TaskToken(job_id, queue, previous + 1, receipt))
+        self._keep_lease(item)
+        token = self._signer.sign(TaskToken(job_id, queue, attempt, schema.receipt_of(item)))
         return Delivery(job=schema.job_from_item(item, now_ms), task_token=token)
 
-    async def _triage(self, url: str, queue: str, received: Received) -> dict[str, Any] | None:
+    def _keep_lease(self, item: dict[str, Any]) -> None:
+        job_id = schema.job_id_of(item)
+        self._leases[job_id] = item
+        self._leases.move_to_end(job_id)
+        while len(self._leases) > KEPT_LEASES:
+            self._leases.popitem(last=False)
+
+    async def _triage(
+        self, url: str, queue: str, received: Received, known: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
         """The job item a received message should deliver, or None once the
         message is disposed of: a stray or a finished job's is deleted, a young
         one that names a job not yet written is looked at again soon, and the
         job's own message received while a delivery holds the job comes back
-        when that delivery ends."""
+        when that delivery ends. ``known`` is the item if it was just read."""
         message = received.message
         receipt = message["ReceiptHandle"]
         named = schema.parse_message_body(message.get("Body", ""))
@@ -400,7 +513,7 @@ class SQSJobs:
             await self._drop(url, queue, receipt, "poison")
             return None
         job_id, request_id = named
-        item = await self.get_item(job_id)
+        item = known if known is not None else await self.get_item(job_id)
         if item is None:
             try:
                 written = await self._being_written(job_id, request_id, received)
@@ -561,6 +674,9 @@ class SQSJobs:
     ) -> tuple[int, OutputLedger, JobEvent | None]:
         """The job's last stored sequence and output so far, and the event that
         would close its last run if that run lost its worker unclosed."""
+        if schema.runs_of(item) == 0:
+            # No run was taken up: the job has no events and no output yet.
+            return 0, OutputLedger(), None
         found = await self._events.last_event(schema.job_id_of(item))
         last, output = found if found is not None else (None, OutputLedger())
         base = last_sequence_of(last) if last is not None else 0
@@ -700,7 +816,7 @@ class SQSJobs:
         now_ms = schema.now_ms()
         try:
             with aws_errors():
-                await self._aws.dynamodb.update_item(
+                response = await self._aws.dynamodb.update_item(
                     TableName=self._table,
                     Key=schema.job_key(token.job_id),
                     UpdateExpression=(
@@ -721,6 +837,7 @@ class SQSJobs:
                         ":none": {"N": "0"},
                         ":one": {"N": "1"},
                     },
+                    ReturnValues="ALL_NEW",
                 )
         except ConditionFailed:
             # Over, or taken up by a concurrent call of the same holder.
@@ -732,12 +849,14 @@ class SQSJobs:
             ):
                 raise StaleTaskToken() from None
             return
+        self._keep_lease(dict(response["Attributes"]))
         await self._change_visibility(token, item, visibility)
 
     async def release(self, task_token: str) -> None:
         """End a delivery that never reached its dequeuer: the job's message goes
         back to its queue at once, as a fresh copy (this receive used up nothing)."""
         token, item = await self.current(task_token)
+        self._leases.pop(token.job_id, None)
         await self._update_current(
             token,
             "SET visible_until = :until, #state = :state",
@@ -754,19 +873,39 @@ class SQSJobs:
 
     async def update(self, queue: str, task_token: str, visibility_timeout_seconds: int) -> None:
         rules.check_queue(queue, self._urls)
-        token, item = await self.current(task_token)
+        token = self._signer.verify(task_token)
         rules.check_token_queue(token, queue)
         visibility = rules.visibility_timeout(visibility_timeout_seconds, self._default_visibility)
-        if not schema.taken_up(item):
-            await self.take_up(token, item, visibility)
-        else:
-            await self._update_current(
-                token,
-                "SET visible_until = :until",
-                {":until": {"N": str(schema.now_ms() + visibility * 1000)}},
-            )
-            await self._change_visibility(token, item, visibility)
+        try:
+            # A heartbeat of a run under way: the write is its own check.
+            item = await self._extend(token, visibility, condition="taken_up = :attempt")
+        except StaleTaskToken:
+            # Not taken up yet, or over (or no such job): read, and decide.
+            token, item = await self.current(task_token)
+            if not schema.taken_up(item):
+                await self.take_up(token, item, visibility)
+            else:
+                item = await self._extend(token, visibility)
         telemetry.jobs_visibility_updates.add(1, {"queue": queue})
+
+    async def _extend(
+        self, token: TaskToken, visibility: int, *, condition: str = ""
+    ) -> dict[str, Any]:
+        """Make the current delivery last ``visibility`` seconds from now, in
+        the item and then in SQS; return the item as written.
+
+        Raises:
+            StaleTaskToken: the delivery is over (or ``condition`` failed).
+        """
+        item = await self._update_current(
+            token,
+            "SET visible_until = :until",
+            {":until": {"N": str(schema.now_ms() + visibility * 1000)}},
+            condition=condition,
+        )
+        self._keep_lease(item)
+        await self._change_visibility(token, item, visibility)
+        return item
 
     async def _change_visibility(
         self, token: TaskToken, item: Mapping[str, Any], seconds: int
@@ -801,27 +940,15 @@ class SQSJobs:
     async def complete(self, task_token: str, result: JobResult | None) -> None:
         token = self._signer.verify(task_token)
         result = rules.check_result(result, token)
-        item = await self.get_item(token.job_id)
-        rules.check_token_job(token, schema.queue_of(item) if item is not None else None)
-        assert item is not None
-        stored = schema.result_json(item)
-        if schema.is_final(item) and schema.completed_by(item) == token.attempt and stored:
-            rules.check_repeated_completion(JobResult.from_json(stored), result)
-            return
+        self._leases.pop(token.job_id, None)
         try:
-            final = await self._record_result(token, result, schema.cancel_requested(item))
+            # The usual case, one write: the delivery is current, no cancel requested.
+            final, item = await self._record_result(token, result, cancelled=False)
         except StaleTaskToken:
-            now = await self.get_item(token.job_id)
-            stored = schema.result_json(now) if now is not None else None
-            if now is not None and schema.cancel_requested(now) and not stored:
-                # A cancel was requested meanwhile: the job ends CANCELLED.
-                final = await self._record_result(token, result, True)
-            else:
-                # A retry racing the first call: the first may have just completed it.
-                if now is None or not stored or schema.completed_by(now) != token.attempt:
-                    raise
-                rules.check_repeated_completion(JobResult.from_json(stored), result)
+            recorded = await self._complete_after_a_change(token, result)
+            if recorded is None:
                 return
+            final, item = recorded
         try:
             await self._delete(self._urls[token.queue], schema.receipt_of(item))
         except (Unavailable, ResourceExhausted) as e:
@@ -829,26 +956,78 @@ class SQSJobs:
             log.warning("could not delete the message of job %s: %s", token.job_id, e)
         telemetry.jobs_completed.add(1, {"queue": token.queue, "state": final.name})
 
+    async def _complete_after_a_change(
+        self, token: TaskToken, result: JobResult
+    ) -> tuple[JobState, dict[str, Any]] | None:
+        """CompleteJob whose first write found the delivery over or a cancel
+        requested: read the job and decide. Returns the final state and item it
+        recorded, or None if this repeats a completion already recorded.
+
+        Raises:
+            InvalidArgument: the token names no job; StaleTaskToken: the delivery is over.
+        """
+        item = await self.get_item(token.job_id)
+        rules.check_token_job(token, schema.queue_of(item) if item is not None else None)
+        assert item is not None
+        stored = schema.result_json(item)
+        if schema.is_final(item) and schema.completed_by(item) == token.attempt and stored:
+            rules.check_repeated_completion(JobResult.from_json(stored), result)
+            return None
+        try:
+            return await self._record_result(token, result, schema.cancel_requested(item))
+        except StaleTaskToken:
+            now = await self.get_item(token.job_id)
+            stored = schema.result_json(now) if now is not None else None
+            if now is not None and schema.cancel_requested(now) and not stored:
+                # A cancel was requested meanwhile: the job ends CANCELLED.
+                return await self._record_result(token, result, True)
+            # A retry racing the first call: the first may have just completed it.
+            if now is None or not stored or schema.completed_by(now) != token.attempt:
+                raise
+            rules.check_repeated_completion(JobResult.from_json(stored), result)
+            return None
+
     async def _record_result(
         self, token: TaskToken, result: JobResult, cancelled: bool
-    ) -> JobState:
+    ) -> tuple[JobState, dict[str, Any]]:
         """Make the job final with its worker's result while the delivery is
         current: CANCELLED if its cancel was requested, else as the result says,
         and then only while no cancel is requested (a CancelJob that raced this
-        call and succeeded must see the job end CANCELLED)."""
+        call and succeeded must see the job end CANCELLED). Returns the state
+        and the item as written."""
         if cancelled:
             final, condition = JobState.CANCELLED, ""
         else:
             final = JobState.COMPLETED if result.success else JobState.FAILED
             condition = "attribute_not_exists(cancel_requested)"
-        await self._update_current(
+        item = await self._update_current(
             token,
             "SET #state = :final, #result = :result, completed_by = :attempt, finished_at = :now",
             {":final": {"N": str(int(final))}, ":result": {"S": result.to_json()}},
             {"#result": "result"},
             condition=condition,
         )
-        return final
+        return final, item
+
+    async def holder(self, task_token: str) -> tuple[TaskToken, dict[str, Any]]:
+        """What ``current`` returns, without a read while this replica wrote or
+        read the delivery's item lately and by it the delivery has more than
+        ``LEASE_MARGIN_MS`` to run: until then no other delivery can start, and
+        its holder ends it early only with CompleteJob or ReleaseJob, which drop
+        what is kept here (through this replica)."""
+        token = self._signer.verify(task_token)
+        item = self._leases.get(token.job_id)
+        if (
+            item is not None
+            and schema.attempt_of(item) == token.attempt
+            and schema.queue_of(item) == token.queue
+            and schema.is_live(item, schema.now_ms() + LEASE_MARGIN_MS)
+        ):
+            self._leases.move_to_end(token.job_id)
+            return token, item
+        token, item = await self.current(task_token)
+        self._keep_lease(item)
+        return token, item
 
     async def current(self, task_token: str) -> tuple[TaskToken, dict[str, Any]]:
         """The token's claims and job item, if the token's delivery is still current.
@@ -876,12 +1055,16 @@ class SQSJobs:
         names: dict[str, str] | None = None,
         *,
         condition: str = "",
-    ) -> None:
+    ) -> dict[str, Any]:
         """Update the job item only while the token's delivery is current (and
-        ``condition`` holds, if given)."""
+        ``condition`` holds, if given); return it as written.
+
+        Raises:
+            StaleTaskToken: the delivery is over, or ``condition`` failed.
+        """
         try:
             with aws_errors():
-                await self._aws.dynamodb.update_item(
+                response = await self._aws.dynamodb.update_item(
                     TableName=self._table,
                     Key=schema.job_key(token.job_id),
                     UpdateExpression=update + ", updated_at = :now",
@@ -896,9 +1079,11 @@ class SQSJobs:
                         ":running": {"N": str(int(JobState.RUNNING))},
                         ":now": {"N": str(schema.now_ms())},
                     },
+                    ReturnValues="ALL_NEW",
                 )
         except ConditionFailed:
             raise StaleTaskToken() from None
+        return dict(response["Attributes"])
 
     # Cancel.
 

@@ -142,7 +142,7 @@ class SQSJobStore:
         return await self._jobs.get(job_id)
 
     async def publish_events(self, task_token: str, events: Sequence[JobEvent]) -> None:
-        token, item = await self._jobs.current(task_token)
+        token, item = await self._jobs.holder(task_token)
         rules.check_events(events)
         if not schema.taken_up(item):
             await self._jobs.take_up(token, item, schema.visibility_of(item) or self._visibility)
