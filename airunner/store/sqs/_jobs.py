@@ -98,6 +98,8 @@ KEPT_LEASES = 4096
 
 
 _FINAL_VALUES = [{"N": str(int(state))} for state in FINAL_STATES]
+# The job item's attributes a publish does not need; left out of what is kept.
+_NOT_LEASED = frozenset({"job_params", "execution_config", "result"})
 
 
 class QueueUnusable(Exception):
@@ -492,8 +494,9 @@ class SQSJobs:
         return Delivery(job=schema.job_from_item(item, now_ms), task_token=token)
 
     def _keep_lease(self, item: dict[str, Any]) -> None:
+        """Keep what a publish needs of the delivery's item (not the job's parameters)."""
         job_id = schema.job_id_of(item)
-        self._leases[job_id] = item
+        self._leases[job_id] = {k: v for k, v in item.items() if k not in _NOT_LEASED}
         self._leases.move_to_end(job_id)
         while len(self._leases) > KEPT_LEASES:
             self._leases.popitem(last=False)
