@@ -18,8 +18,8 @@ from __future__ import annotations
 from ._actor import Actor
 from ._batch_call import AwsCallFailed
 from ._dead_letter_reader import DeadLetterReader
-from ._event_tail import INTERVAL_SECONDS as TAIL_INTERVAL_SECONDS
-from ._event_tail import EventTail
+from ._event_tail import DEFAULT_PACE as DEFAULT_TAIL_PACE
+from ._event_tail import EventTail, TailPace
 from ._event_writer import EventWriter
 from ._http_front import HttpFront
 from ._queue_poller import QueuePoller, take_first
@@ -29,8 +29,8 @@ from ._visibility_extender import VisibilityExtender
 from ._visibility_sweeper import ExpiringDeliveries, VisibilitySweeper
 
 __all__ = [
+    "DEFAULT_TAIL_PACE",
     "RESTART_BACKOFF_INITIAL",
-    "TAIL_INTERVAL_SECONDS",
     "Actor",
     "AwsCallFailed",
     "DeadLetterReader",
@@ -40,6 +40,7 @@ __all__ = [
     "HttpFront",
     "QueuePoller",
     "Received",
+    "TailPace",
     "VisibilityExtender",
     "VisibilitySweeper",
     "supervise",

@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from airunner.actors import AwsCallFailed, EventWriter, VisibilityExtender
+from airunner.actors import AwsCallFailed, EventWriter, TailPace, VisibilityExtender
 from airunner.api.job.v1.job_pb import JobEvent, JobState
 from airunner.aws import AwsClients
 from airunner.store import EventQuery
@@ -209,7 +209,9 @@ async def test_subscriber_follows_a_job_that_another_replica_runs(
 ) -> None:
     async with (
         open_sqs_store(token_secret=SECRET) as (runner, aws, resources),
-        running_sqs_store(aws, resources, token_secret=SECRET, tail_interval=0.2) as watcher,
+        running_sqs_store(
+            aws, resources, token_secret=SECRET, tail_pace=TailPace(idle=0.2)
+        ) as watcher,
     ):
         job = await runner.enqueue_job(request_id(), "default", params())
         delivery = await runner.dequeue_job("default", 600, deadline=trio.current_time() + 15)

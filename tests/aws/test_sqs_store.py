@@ -11,6 +11,7 @@ import pytest
 import trio
 import trio.testing
 
+from airunner.actors import TailPace
 from airunner.api.job.v1.job_pb import JobState
 from airunner.store import EventQuery, InvalidArgument, TaskTokenSigner
 from airunner.store.rules import output_bytes
@@ -315,3 +316,45 @@ async def test_a_runs_publishes_and_heartbeats_read_nothing_the_replica_wrote(
         async with first.subscribe_events(job.job_id, EventQuery()) as stream:
             events = await drain(stream)
     assert [event.sequence for event in events] == [1, 2, 3, 4, 5]
+
+
+async def test_subscribers_on_the_publishing_replica_are_served_without_reads(
+    aws_env: dict[str, str],
+) -> None:
+    """What a replica writes reaches its subscribers from memory: no read per
+    subscriber, nor per publish; the end of the job is one read for all."""
+    # The event tail looks once, when the first subscriber comes.
+    quiet = TailPace(fast=600, running=600, idle=600)
+    async with open_sqs_store(token_secret=SECRET, tail_pace=quiet) as (store, aws, resources):
+        job = await store.enqueue_job(request_id(), "default", params())
+        delivery = await store.dequeue_job(["default"], 60, deadline=trio.current_time() + 15)
+        assert delivery is not None
+        token = delivery.task_token
+        await store.publish_events(token, [start_event(1)])
+        calls = _Calls(aws, resources.dead_letter_queue_urls.values())
+        results: list[list[int]] = []
+        caught_up = trio.Semaphore(0)
+
+        async def watch(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            async with store.subscribe_events(job.job_id, EventQuery()) as stream:
+                task_status.started()
+                first = await stream.receive()
+                assert first is not None
+                caught_up.release()
+                results.append([first.sequence, *(e.sequence for e in await drain(stream))])
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                await nursery.start(watch)
+            for _ in range(5):
+                await caught_up.acquire()
+            calls.made.clear()
+            for sequence in range(2, 22):
+                await store.publish_events(token, [output_event(sequence)])
+                await trio.sleep(0.01)
+            assert calls.made["Query"] == calls.made["GetItem"] == 0
+            await store.publish_events(token, [end_event(22)])
+            await store.complete_job(token, result(job.job_id))
+        assert results == [list(range(1, 23))] * 5
+        # The end: one GetItem and one Query (nothing more stored) for all five.
+        assert (calls.made["GetItem"], calls.made["Query"]) == (1, 1)

@@ -25,22 +25,31 @@ re-sends: written again (cut where the output was cut), not counted again.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import trio
 
 from airunner import telemetry
-from airunner.actors import TAIL_INTERVAL_SECONDS, EventTail, EventWriter
-from airunner.api.job.v1.job_pb import JobEvent
+from airunner.actors import DEFAULT_TAIL_PACE, EventTail, EventWriter, TailPace
+from airunner.api.job.v1.job_pb import JobEvent, JobState
 from airunner.aws import AwsClients
-from airunner.store import EventQuery, EventStream, TaskToken, last_sequence_of, rebased, rules
+from airunner.store import (
+    FINAL_STATES,
+    EventQuery,
+    EventStream,
+    TaskToken,
+    last_sequence_of,
+    rebased,
+    rules,
+)
 from airunner.store.rules import OutputLedger
-from airunner.wakeup import KeyedWakeup
+from airunner.wakeup import Wakeup
 
 from . import _schema as schema
 from ._aws_errors import aws_errors
@@ -56,6 +65,11 @@ CONCURRENT_QUERIES = 8
 # Deliveries whose output count a replica keeps in memory; one it forgot costs a
 # Query when it next publishes here.
 KEPT_DELIVERIES = 4096
+# The newest events a replica keeps of each job its subscribers follow (by
+# output bytes, roughly); a subscriber further behind reads the table.
+FEED_BYTES = 4 * 1024 * 1024
+# What an event counts toward FEED_BYTES besides its output.
+EVENT_OVERHEAD_BYTES = 64
 
 
 @dataclass(eq=False)
@@ -71,6 +85,51 @@ class _DeliveryOutput:
     lock: trio.Lock = field(default_factory=trio.Lock)
 
 
+@dataclass(eq=False)
+class _Feed:
+    """The stored events of one job that this replica's subscribers follow,
+    shared by them: filled by what this replica writes and, when another
+    replica wrote, by one read of the table for all of them.
+
+    Every stored event of the job with a sequence in (``start``, ``high``] is in
+    ``events``, in order (None until the first read). ``stale`` says the table
+    may hold more (or the job may have ended): the next subscriber to look
+    reads it for everyone.
+    """
+
+    start: int | None = None
+    high: int | None = None
+    events: list[JobEvent] = field(default_factory=list)
+    size: int = 0
+    final: bool = False
+    stale: bool = True
+    subscribers: int = 0
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    changed: Wakeup = field(default_factory=Wakeup)
+
+    def add(self, events: Sequence[JobEvent], high: int) -> None:
+        """Events that follow ``self.high`` directly, and the new ``high``."""
+        for event in events:
+            self.events.append(event)
+            self.size += _feed_size(event)
+        self.high = high
+        dropped = 0
+        while self.size > FEED_BYTES and dropped < len(self.events) - 1:
+            self.size -= _feed_size(self.events[dropped])
+            self.start = self.events[dropped].sequence
+            dropped += 1
+        del self.events[:dropped]
+
+    def after(self, sequence: int) -> list[JobEvent]:
+        """The events kept with a sequence past ``sequence``."""
+        first = bisect.bisect_right(self.events, sequence, key=lambda event: event.sequence)
+        return self.events[first:]
+
+
+def _feed_size(event: JobEvent) -> int:
+    return rules.output_bytes(event) + EVENT_OVERHEAD_BYTES
+
+
 class SQSEvents:
     """The events half of the SQS store.
 
@@ -79,7 +138,7 @@ class SQSEvents:
         jobs_table: The jobs table (the event tail reads jobs' states).
         events_table: The events table.
         events_ttl_days: Days events are kept (DynamoDB TTL); 0 keeps them.
-        tail_interval: Seconds between looks for news that other replicas stored.
+        tail_pace: How often the event tail looks for news that other replicas stored.
         is_final: Whether a job is in a final state, read consistently.
         max_output_bytes: Output bytes stored per job, over all its runs.
     """
@@ -91,7 +150,7 @@ class SQSEvents:
         jobs_table: str,
         events_table: str,
         events_ttl_days: int,
-        tail_interval: float = TAIL_INTERVAL_SECONDS,
+        tail_pace: TailPace = DEFAULT_TAIL_PACE,
         is_final: Callable[[str], Awaitable[bool]],
         max_output_bytes: int = rules.DEFAULT_MAX_OUTPUT_BYTES,
     ) -> None:
@@ -104,10 +163,10 @@ class SQSEvents:
         self._max_output_bytes = max_output_bytes
         # By job id, least recently published first.
         self._deliveries: OrderedDict[str, _DeliveryOutput] = OrderedDict()
-        # Wakes this replica's subscribers of a job when it changes.
-        self.changes = KeyedWakeup[str]()
+        # What this replica's subscribers of each job follow, by job id.
+        self._feeds: dict[str, _Feed] = {}
         self.writer = EventWriter(aws.dynamodb, events_table, key_attributes=schema.EVENTS_KEY)
-        self.tail = EventTail(self._news, self.changes, interval=tail_interval)
+        self.tail = EventTail(self._news, self._on_news, pace=tail_pace)
 
     async def check_resources(self) -> None:
         """Raises ClientError or BotoCoreError if the events table is missing."""
@@ -150,10 +209,88 @@ class SQSEvents:
                     for kept in rules.cap_output(event, output, self._max_output_bytes):
                         stored.append((kept, replace(output)))
                 high_water = max(high_water, last_sequence_of(event))
+            follows = delivery.high_water
             count = await self._write(token.job_id, stored)
             delivery.output = output
             delivery.high_water = max(delivery.high_water, high_water)
+            self._written_here(
+                token.job_id,
+                [event for event, _ in stored if event.sequence > follows],
+                follows,
+                delivery.high_water,
+            )
         telemetry.events_persisted.add(count, {"queue": token.queue})
+
+    def _written_here(
+        self, job_id: str, events: Sequence[JobEvent], follows: int, high: int
+    ) -> None:
+        """A delivery publishing here stored ``events``: every stored event of
+        the job up to ``follows`` was known to it, and up to ``high`` is now.
+        Its subscribers here get them without a read, if they had everything
+        up to ``follows``; else they read the table."""
+        feed = self._feeds.get(job_id)
+        if feed is None:
+            return
+        if feed.high == follows and not feed.stale:
+            # A sequence given twice was stored once, the later.
+            written = {event.sequence: event for event in events}
+            feed.add([written[sequence] for sequence in sorted(written)], high)
+        else:
+            feed.stale = True
+        feed.changed.wake()
+
+    def changed(self, job_id: str) -> None:
+        """The job changed in a way its stored events or state show (events the
+        store wrote itself, an end): its subscribers here read the table."""
+        feed = self._feeds.get(job_id)
+        if feed is not None:
+            feed.stale = True
+            feed.changed.wake()
+
+    def _on_news(self, job_id: str, summary: Hashable) -> None:
+        """The event tail's news of a job: its newest stored sequence and
+        whether it is final. Only what this replica does not know yet makes its
+        subscribers read the table."""
+        feed = self._feeds.get(job_id)
+        newest, final = cast(tuple[int, bool], summary)
+        if feed is None or feed.high is None:
+            return
+        if newest > feed.high or (final and not feed.final):
+            self.changed(job_id)
+
+    async def refresh(self, job_id: str, feed: _Feed) -> None:
+        """Bring a stale feed up to date: one read of the table for all of the
+        job's subscribers here."""
+        if feed.stale or feed.lock.locked():
+            # A read under way is waited for.
+            async with feed.lock:
+                # Another subscriber may have read it meanwhile.
+                if feed.stale:
+                    await self._read(job_id, feed)
+
+    async def _read(self, job_id: str, feed: _Feed) -> None:
+        # A change while this reads makes it stale again.
+        feed.stale = False
+        try:
+            # Read first: once the job is final, no event can follow.
+            final = await self.is_final(job_id)
+            if feed.high is None:
+                feed.start = feed.high = await self._last_sequence(job_id)
+                events = []
+            else:
+                events = await self.events_after(job_id, feed.high)
+        except BaseException:
+            feed.stale = True
+            raise
+        # What this replica wrote meanwhile is in the feed already.
+        events = [event for event in events if event.sequence > feed.high]
+        if events:
+            feed.add(events, events[-1].sequence)
+            # Final, maybe, but only a read that finds nothing more says so.
+            feed.stale = feed.stale or final
+        elif final:
+            feed.final = True
+        feed.changed.wake()
 
     def forget(self, job_id: str) -> None:
         """The job is final: no more of its output will be counted here."""
@@ -194,7 +331,9 @@ class SQSEvents:
 
         Returns how many items that made (a sequence given twice is one).
         """
-        return await self._write(job_id, [(event, output) for event in events])
+        count = await self._write(job_id, [(event, output) for event in events])
+        self.changed(job_id)
+        return count
 
     def item(self, job_id: str, event: JobEvent, output: OutputLedger) -> dict[str, Any]:
         """The item that stores an event, stamped now if it has no timestamp, with
@@ -215,7 +354,6 @@ class SQSEvents:
             items[event.sequence] = self.item(job_id, event, output)
         with aws_errors():
             await self.writer.write(list(items.values()))
-        self.changes.wake(job_id)
         return len(items)
 
     async def last_event(self, job_id: str) -> tuple[JobEvent, OutputLedger] | None:
@@ -254,21 +392,27 @@ class SQSEvents:
     async def subscribe(self, job_id: str, query: EventQuery) -> AsyncIterator[EventStream]:
         """Follow the job's events (it must exist: the caller checked)."""
         telemetry.streams_active.add(1)
+        feed = self._feeds.setdefault(job_id, _Feed())
+        feed.subscribers += 1
         try:
             with self.tail.watching(job_id):
-                yield _Subscription(self, job_id, query)
+                yield _Subscription(self, job_id, query, feed)
         finally:
             telemetry.streams_active.add(-1)
+            feed.subscribers -= 1
+            if not feed.subscribers:
+                del self._feeds[job_id]
 
     # The event tail's look.
 
-    async def _news(self, job_ids: Sequence[str]) -> dict[str, tuple[int, bool]]:
-        """Per job, its newest stored sequence and whether it is final.
+    async def _news(self, job_ids: Sequence[str]) -> dict[str, tuple[Hashable, bool]]:
+        """Per job, its newest stored sequence and whether it is final (the
+        summary), and whether it is running.
 
         Raises:
             ClientError, BotoCoreError: as AWS answered; the tail looks again later.
         """
-        final = await self._final_jobs(job_ids)
+        states = await self._states(job_ids)
         newest: dict[str, int] = {}
         limiter = trio.CapacityLimiter(CONCURRENT_QUERIES)
 
@@ -279,11 +423,16 @@ class SQSEvents:
         async with trio.open_nursery() as queries:
             for job_id in job_ids:
                 queries.start_soon(read_newest, job_id)
-        return {job_id: (newest[job_id], job_id in final) for job_id in job_ids}
+        news: dict[str, tuple[Hashable, bool]] = {}
+        for job_id in job_ids:
+            state = states.get(job_id)
+            final = state in FINAL_STATES
+            news[job_id] = ((newest[job_id], final), state == JobState.RUNNING)
+        return news
 
-    async def _final_jobs(self, job_ids: Sequence[str]) -> set[str]:
-        """Those of the jobs in a final state."""
-        final: set[str] = set()
+    async def _states(self, job_ids: Sequence[str]) -> dict[str, JobState]:
+        """The stored states of those of the jobs that exist."""
+        states: dict[str, JobState] = {}
         for start in range(0, len(job_ids), BATCH_KEYS):
             keys: Any = [schema.job_key(job_id) for job_id in job_ids[start : start + BATCH_KEYS]]
             for _ in range(BATCH_GET_ATTEMPTS):
@@ -300,11 +449,14 @@ class SQSEvents:
                     }
                 )
                 for item in response.get("Responses", {}).get(self._jobs_table, []):
-                    if schema.is_final(item):
-                        final.add(item["job_id"]["S"])
+                    states[item["job_id"]["S"]] = schema.stored_state(item)
                 unprocessed = response.get("UnprocessedKeys", {}).get(self._jobs_table)
                 keys = unprocessed["Keys"] if unprocessed else []
-        return final
+        return states
+
+    async def _last_sequence(self, job_id: str) -> int:
+        with aws_errors():
+            return await self._newest_sequence(job_id)
 
     async def _newest_sequence(self, job_id: str) -> int:
         response = await self._dynamodb.query(
@@ -322,34 +474,42 @@ class SQSEvents:
 
 
 class _Subscription:
-    """A subscriber that reads the events table from where it left off.
+    """A subscriber: what it has not returned yet, from the job's feed on this
+    replica, or from the table while it is behind what the feed keeps (its
+    history, or a reader that fell far behind). It ends once the job is final
+    and nothing is left to return."""
 
-    It reads again when the job changes; once the job is final and nothing is
-    left to read, it ends.
-    """
-
-    def __init__(self, events: SQSEvents, job_id: str, query: EventQuery) -> None:
+    def __init__(self, events: SQSEvents, job_id: str, query: EventQuery, feed: _Feed) -> None:
         self._events = events
         self._job_id = job_id
         self._query = query
+        self._feed = feed
         self._after = query.from_sequence - 1
         self._ready: list[JobEvent] = []
         self._ended = False
 
     async def receive(self) -> JobEvent | None:
+        feed = self._feed
         while not self._ready:
             if self._ended:
                 return None
-            # Taken before reading, so that a change while we read is not missed.
-            changed = self._events.changes.next_wake(self._job_id)
-            # Once the job is final no event can follow: read what is left, then end.
-            final = await self._events.is_final(self._job_id)
-            events = await self._events.events_after(self._job_id, self._after)
-            if events:
-                self._after = events[-1].sequence
-                self._ready = [event for event in events if self._query.matches(event)]
-            elif final:
-                self._ended = True
+            # Taken before looking, so that a change while we look is not missed.
+            changed = feed.changed.next_wake()
+            await self._events.refresh(self._job_id, feed)
+            assert feed.start is not None
+            if self._after < feed.start:
+                events = await self._events.events_after(self._job_id, self._after)
+                # Nothing after it stored at all: the feed starts where it is.
+                self._after = events[-1].sequence if events else max(self._after, feed.start)
             else:
-                await changed.wait()
+                events = feed.after(self._after)
+                if events:
+                    self._after = events[-1].sequence
+                elif feed.final:
+                    self._ended = True
+                    continue
+                else:
+                    await changed.wait()
+                    continue
+            self._ready = [event for event in events if self._query.matches(event)]
         return self._ready.pop(0)

@@ -730,7 +730,7 @@ class SQSJobs:
         job_id = schema.job_id_of(item)
         telemetry.jobs_completed.add(1, {"queue": schema.queue_of(item), "state": state.name})
         self._events.forget(job_id)
-        self._events.changes.wake(job_id)
+        self._events.changed(job_id)
 
     async def _fail_exhausted(self, item: Mapping[str, Any], url: str, receipt: str) -> None:
         """End a job that had all its runs: FAILED, "lost its worker N times"; delete
@@ -1157,7 +1157,7 @@ class SQSJobs:
         except ConditionFailed:
             return False
         log.info("job %s: cancel requested (%s)", job_id, reason or "no reason given")
-        self._events.changes.wake(job_id)
+        self._events.changed(job_id)
         return True
 
     async def _cancel_at_once(self, item: Mapping[str, Any], reason: str, now_ms: int) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 
-from airunner.actors import TAIL_INTERVAL_SECONDS, Actor
+from airunner.actors import DEFAULT_TAIL_PACE, Actor, TailPace
 from airunner.api.job.v1.job_pb import Job, JobEvent, JobParams, JobResult, JobState
 from airunner.aws import AwsClients
 from airunner.store import Delivery, EventQuery, EventStream, JobPage, TaskTokenSigner, rules
@@ -33,7 +33,7 @@ class SQSJobStore:
             dequeuer does not say.
         token_secret: HMAC secret for task tokens, the same on every replica.
         events_ttl_days: Days events are kept (DynamoDB TTL); 0 keeps them.
-        tail_interval: Seconds between looks for news that other replicas stored.
+        tail_pace: How often the event tail looks for news that other replicas stored.
         max_attempts: Runs a job may have unless it says otherwise.
         confirm_seconds: How long a delivery waits to be taken up.
         max_output_bytes: Output bytes stored per job, over all its runs.
@@ -52,7 +52,7 @@ class SQSJobStore:
         default_visibility_timeout: int,
         token_secret: bytes,
         events_ttl_days: int = 0,
-        tail_interval: float = TAIL_INTERVAL_SECONDS,
+        tail_pace: TailPace = DEFAULT_TAIL_PACE,
         max_attempts: int = rules.DEFAULT_MAX_ATTEMPTS,
         confirm_seconds: int = rules.CONFIRM_SECONDS,
         max_output_bytes: int = rules.DEFAULT_MAX_OUTPUT_BYTES,
@@ -63,7 +63,7 @@ class SQSJobStore:
             jobs_table=jobs_table,
             events_table=events_table,
             events_ttl_days=events_ttl_days,
-            tail_interval=tail_interval,
+            tail_pace=tail_pace,
             is_final=self._job_is_final,
             max_output_bytes=max_output_bytes,
         )
@@ -128,7 +128,7 @@ class SQSJobStore:
         await self._jobs.complete(task_token, result)
         if result is not None:
             self._events.forget(result.job_id)
-            self._events.changes.wake(result.job_id)
+            self._events.changed(result.job_id)
 
     async def cancel_job(self, job_id: str, reason: str) -> Job:
         return await self._jobs.cancel(job_id, reason)
