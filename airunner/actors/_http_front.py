@@ -7,11 +7,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import hypercorn.trio
+import hypercorn.trio.tcp_server
 import trio
 from hypercorn.config import Config
 from hypercorn.typing import Framework
 
 log = logging.getLogger(__name__)
+
+# Bytes Hypercorn asks a connection for at a time. Its 64 KiB cut each of a
+# worker's MiB-sized PublishJobEvents messages into 16 or more reads, each one
+# through h11 and the ASGI app; Hypercorn has no setting for it.
+READ_BYTES = 1024 * 1024
+hypercorn.trio.tcp_server.MAX_RECV = READ_BYTES
 
 # Hypercorn ends a connection after this many requests and the next request on
 # it fails; workers and load balancers keep connections for days, so make it
