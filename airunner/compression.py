@@ -10,17 +10,22 @@ message is looked at first:
   ``MAX_RATIO`` of its size the whole message is compressed at level 1, else it
   is sent stored.
 
-A stored gzip member (zlib at level 0) costs a copy and a CRC; it is still
+A stored gzip member (deflate at level 0) costs a copy and a CRC; it is still
 gzip, so any Connect peer reads it (connectrpc sets the envelope's compressed
 flag per call, not per message).
+
+Both ways the work is zlib-ng's (``zlib_ng``, the same gzip format): its CRC,
+copies and fast level run at several GB/s where the system zlib's CRC alone
+runs at about 4, which made stored members cost a third of a server's time
+when output does not compress.
 """
 
 from __future__ import annotations
 
-import gzip
-import zlib
-
+from connectrpc.code import Code
 from connectrpc.compression.gzip import GzipCompression
+from connectrpc.errors import ConnectError
+from zlib_ng import zlib_ng
 
 MIN_COMPRESS_BYTES = 4 * 1024
 SAMPLE_BYTES = 4 * 1024
@@ -28,7 +33,7 @@ SAMPLE_BYTES = 4 * 1024
 MAX_RATIO = 0.5
 FAST_LEVEL = 1
 # zlib's window bits for a gzip member (16 + the largest window).
-GZIP_WBITS = 16 + zlib.MAX_WBITS
+GZIP_WBITS = 16 + zlib_ng.MAX_WBITS
 
 
 def worth_compressing(data: bytes | bytearray | memoryview) -> bool:
@@ -36,7 +41,7 @@ def worth_compressing(data: bytes | bytearray | memoryview) -> bool:
     if len(data) < MIN_COMPRESS_BYTES:
         return False
     sample = memoryview(data)[:SAMPLE_BYTES]
-    compressor = zlib.compressobj(FAST_LEVEL)
+    compressor = zlib_ng.compressobj(FAST_LEVEL)
     size = len(compressor.compress(sample)) + len(compressor.flush())
     return size <= len(sample) * MAX_RATIO
 
@@ -49,14 +54,37 @@ class AdaptiveGzip(GzipCompression):
 
     def compress(self, data: bytes | bytearray | memoryview) -> bytes:
         if worth_compressing(data):
-            return gzip.compress(data, compresslevel=FAST_LEVEL)
+            return zlib_ng.compress(data, FAST_LEVEL, wbits=GZIP_WBITS)
         return stored(data)
+
+    def decompress(
+        self, data: bytes | bytearray | memoryview, read_max_bytes: int | None = None
+    ) -> bytes:
+        """The gzip members of ``data``, refused past ``read_max_bytes`` decompressed."""
+        parts: list[bytes] = []
+        total = 0
+        rest = data
+        while rest:
+            decompressor = zlib_ng.decompressobj(wbits=GZIP_WBITS)
+            # Past the limit by one byte is enough to refuse (0: no limit).
+            room = 0 if read_max_bytes is None else read_max_bytes + 1 - total
+            out = decompressor.decompress(rest, room)
+            total += len(out)
+            if read_max_bytes is not None and total > read_max_bytes:
+                raise ConnectError(
+                    Code.RESOURCE_EXHAUSTED,
+                    f"message is larger than configured max {read_max_bytes}",
+                )
+            if not decompressor.eof:
+                raise EOFError("compressed data ended before the end-of-stream marker")
+            parts.append(out)
+            rest = decompressor.unused_data
+        return b"".join(parts)
 
 
 def stored(data: bytes | bytearray | memoryview) -> bytes:
     """``data`` as one gzip member of stored (uncompressed) deflate blocks."""
-    compressor = zlib.compressobj(0, zlib.DEFLATED, GZIP_WBITS)
-    return compressor.compress(data) + compressor.flush()
+    return zlib_ng.compress(data, 0, wbits=GZIP_WBITS)
 
 
 GZIP = AdaptiveGzip()

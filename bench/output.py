@@ -40,6 +40,7 @@ import trio
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
+from airunner.allocator import keep_buffers_in_heap
 from airunner.api.job.v1.job_pb import (
     EnqueueJobRequest,
     EventType,
@@ -251,4 +252,6 @@ if __name__ == "__main__":
     parser.add_argument("--megabytes", type=int, default=200, help="of each kind (200)")
     parser.add_argument("--lines", type=int, default=100, help="for the latency (100)")
     args = parser.parse_args()
+    # As `airunner-cli monitor` starts (airunner.cli.main).
+    keep_buffers_in_heap()
     trio.run(main, args.megabytes, args.lines)

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from airunner import telemetry
+from airunner.allocator import keep_buffers_in_heap
 
 from . import _cancel, _get, _list, _monitor, _retry, _submit, _token, _worker
 from ._common import CliError
@@ -16,6 +17,8 @@ from ._common import CliError
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    # A worker and a monitor move output in big messages (airunner.allocator).
+    keep_buffers_in_heap()
     try:
         if args.cli_command == "worker":
             # The worker's spans are per job, each in its submitter's trace.

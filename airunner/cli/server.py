@@ -15,6 +15,7 @@ import trio
 from botocore.exceptions import BotoCoreError, ClientError
 
 from airunner import telemetry
+from airunner.allocator import keep_buffers_in_heap
 from airunner.aws import open_aws_clients
 from airunner.config import (
     DEFAULT_LISTEN,
@@ -96,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, AuthConfigError) as e:
         print(f"airunner-server: error: {e}", file=sys.stderr)
         return 1
+    keep_buffers_in_heap()
     try:
         with telemetry.enabled("airunner-server"):
             trio.run(_serve, server, settings.grace_period)

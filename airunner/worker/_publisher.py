@@ -57,7 +57,8 @@ class EventPublisher:
         self._retain_limit = retain_bytes
         self._token = task_token
         self._send, self._receive = trio.open_memory_channel[JobEvent](INPUT_BUFFER)
-        self._retained: list[JobEvent] = []
+        # Events kept for re-sending, each with its encoded size.
+        self._retained: list[tuple[JobEvent, int]] = []
         self._retained_bytes = 0
         self._unretained_in_flight = 0
         self.lost_events = 0
@@ -115,37 +116,40 @@ class EventPublisher:
                 for message in _messages(self._retained):
                     await send.send(PublishJobEventsRequest(events=message))
                 async for event in self._receive:
+                    # Each event is encoded once here, for its size; the
+                    # request's encoding is connectrpc's.
                     events = [event]
-                    size = len(event.to_binary())
+                    size = self._retain(event)
                     while size < MESSAGE_BYTES:
                         try:
                             more = self._receive.receive_nowait()
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
                         events.append(more)
-                        size += len(more.to_binary())
-                    for item in events:
-                        self._retain(item)
+                        size += self._retain(more)
                     await send.send(PublishJobEventsRequest(events=events))
         if failures:
             raise failures[0]
 
-    def _retain(self, event: JobEvent) -> None:
+    def _retain(self, event: JobEvent) -> int:
+        """Keep ``event`` for re-sending if there is room (or it is critical); its size."""
         size = len(event.to_binary())
         if event.event_type in CRITICAL_TYPES or self._retained_bytes + size <= self._retain_limit:
-            self._retained.append(event)
+            self._retained.append((event, size))
             self._retained_bytes += size
         else:
             self._unretained_in_flight += 1
+        return size
 
 
-def _messages(events: list[JobEvent]) -> list[list[JobEvent]]:
+def _messages(events: list[tuple[JobEvent, int]]) -> list[list[JobEvent]]:
+    """Events and their sizes as request messages of about MESSAGE_BYTES each."""
     messages: list[list[JobEvent]] = []
     size = MESSAGE_BYTES
-    for event in events:
+    for event, event_size in events:
         if size >= MESSAGE_BYTES:
             messages.append([])
             size = 0
         messages[-1].append(event)
-        size += len(event.to_binary())
+        size += event_size
     return messages

@@ -167,6 +167,16 @@ async def test_pipe_job_output_exit_code_and_stream_separation(
     assert b"process exited with code 3" in done.stderr
 
 
+async def test_a_jobs_output_pipes_hold_a_mib(cli: Cli, worker: WorkerProcess, repo: Repo) -> None:
+    # Dense output waits in the pipe, not in the job, while the worker is busy.
+    size = "import fcntl; print(fcntl.fcntl({}, fcntl.F_GETPIPE_SZ))"
+    script = f"{sys.executable} -c '{size.format(1)}'; {sys.executable} -c '{size.format(2)}' >&2"
+    done = await cli.run("submit", str(repo.path), "--", "sh", "-c", script)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"1048576\n"
+    assert b"1048576\n" in done.stderr
+
+
 async def test_pty_job_sees_a_terminal_and_keeps_colours(
     cli: Cli, worker: WorkerProcess, repo: Repo
 ) -> None:

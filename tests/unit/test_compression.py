@@ -51,10 +51,30 @@ def test_a_stored_member_is_gzip_both_ways(size: int) -> None:
 def test_a_damaged_stored_member_is_refused() -> None:
     sent = bytearray(stored(b"some output\n" * 100))
     sent[-12] ^= 1
-    with pytest.raises(Exception, match="CRC"):
+    with pytest.raises(Exception, match="incorrect data check"):
         GZIP.decompress(bytes(sent))
+
+
+def test_a_cut_member_is_refused() -> None:
+    sent = gzip.compress(b"some output\n" * 100)
+    with pytest.raises(EOFError):
+        GZIP.decompress(sent[:-4])
+
+
+def test_members_one_after_another_are_read_as_one_message() -> None:
+    data = os.urandom(1000)
+    assert GZIP.decompress(stored(data) + gzip.compress(data)) == data + data
 
 
 def test_a_stored_member_over_the_read_limit_is_refused() -> None:
     with pytest.raises(ConnectError):
         GZIP.decompress(stored(b"x" * 1000), read_max_bytes=999)
+    assert GZIP.decompress(stored(b"x" * 1000), read_max_bytes=1000) == b"x" * 1000
+
+
+def test_a_compressed_member_over_the_read_limit_is_refused_before_it_is_all_read() -> None:
+    bomb = gzip.compress(bytes(64 * 1024 * 1024))
+    with pytest.raises(ConnectError, match="larger than configured max 1000"):
+        GZIP.decompress(bomb, read_max_bytes=1000)
+    with pytest.raises(ConnectError):
+        GZIP.decompress(stored(b"x" * 600) + stored(b"x" * 600), read_max_bytes=1000)
