@@ -6,16 +6,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import h11
-import hypercorn.protocol
 import hypercorn.trio
 import hypercorn.trio.tcp_server
 import trio
 from hypercorn.config import Config
-from hypercorn.events import RawData
-from hypercorn.protocol.events import Event as StreamEvent
-from hypercorn.protocol.events import StreamClosed
-from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.typing import Framework
 
 log = logging.getLogger(__name__)
@@ -75,40 +69,3 @@ class HttpFront:
             shutdown_trigger=self._shutdown_trigger,
             task_status=task_status,
         )
-
-
-class _HeadWithBody(H11Protocol):
-    """Hypercorn's HTTP/1.1, writing a response's head with the piece after it.
-
-    Hypercorn writes a response's head as soon as the app starts the response,
-    then each piece of its body: a unary RPC cost two writes, each a system
-    call and a segment that wakes the client up. The apps here start a
-    response only to send its first piece at once, so the head waits for that
-    piece and goes out in the same write (and before the stream's end if no
-    piece comes).
-    """
-
-    _head = b""
-
-    async def _send_h11_event(self, event: Any) -> None:
-        try:
-            data = self.connection.send(event)
-        except h11.LocalProtocolError:
-            if self.connection.their_state != h11.ERROR:
-                raise
-            return
-        if isinstance(event, h11.Response):
-            self._head += data or b""
-            return
-        head, self._head = self._head, b""
-        await self.send(RawData(data=head + data if head else data or b""))
-
-    async def stream_send(self, event: StreamEvent) -> None:
-        if isinstance(event, StreamClosed) and self._head:
-            head, self._head = self._head, b""
-            await self.send(RawData(data=head))
-        await super().stream_send(event)
-
-
-# Hypercorn's connections make their HTTP/1.1 protocol from this name.
-hypercorn.protocol.H11Protocol = _HeadWithBody  # type: ignore[attr-defined]
