@@ -20,7 +20,7 @@ FAST_SECONDS = 0.1
 # The longest pause between looks at a job that is running: each quiet look
 # doubles the pause up to this. Live output from another replica arrives this
 # late at most, plus a read.
-RUNNING_SECONDS = 0.25
+RUNNING_SECONDS = 0.2
 # The pause between looks at a job that is not running (waiting, or over).
 INTERVAL_SECONDS = 1.0
 

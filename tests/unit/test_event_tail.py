@@ -11,7 +11,7 @@ import trio.testing
 
 from airunner.actors import EventTail, TailPace
 
-PACE = TailPace(fast=0.1, running=0.25, idle=1.0)
+PACE = TailPace(fast=0.1, running=0.25, idle=1.0)  # not the defaults: the rule, not the values
 
 
 class _Jobs:

@@ -43,6 +43,7 @@ from airunner.store import (
     FINAL_STATES,
     EventQuery,
     EventStream,
+    StoreError,
     TaskToken,
     last_sequence_of,
     rebased,
@@ -268,12 +269,15 @@ class SQSEvents:
                 if feed.stale:
                     await self._read(job_id, feed)
 
-    async def _read(self, job_id: str, feed: _Feed) -> None:
+    async def _read(self, job_id: str, feed: _Feed, final: bool | None = None) -> None:
+        """Read what the feed may miss (call with its lock held). ``final`` is
+        the job's state as read just before, if it was; else it is read."""
         # A change while this reads makes it stale again.
         feed.stale = False
         try:
             # Read first: once the job is final, no event can follow.
-            final = await self.is_final(job_id)
+            if final is None:
+                final = await self.is_final(job_id)
             if feed.high is None:
                 feed.start = feed.high = await self._last_sequence(job_id)
                 events = []
@@ -288,8 +292,10 @@ class SQSEvents:
             feed.add(events, events[-1].sequence)
             # Final, maybe, but only a read that finds nothing more says so.
             feed.stale = feed.stale or final
-        elif final:
+        elif final and not feed.final:
             feed.final = True
+        else:
+            return
         feed.changed.wake()
 
     def forget(self, job_id: str) -> None:
@@ -416,13 +422,24 @@ class SQSEvents:
         newest: dict[str, int] = {}
         limiter = trio.CapacityLimiter(CONCURRENT_QUERIES)
 
-        async def read_newest(job_id: str) -> None:
+        async def look_at(job_id: str) -> None:
             async with limiter:
-                newest[job_id] = await self._newest_sequence(job_id)
+                feed = self._feeds.get(job_id)
+                if feed is None or feed.high is None:
+                    newest[job_id] = await self._newest_sequence(job_id)
+                    return
+                # The look reads the job's new events for its subscribers here,
+                # with the state read just before.
+                async with feed.lock:
+                    try:
+                        await self._read(job_id, feed, states.get(job_id) in FINAL_STATES)
+                    except StoreError as e:
+                        log.warning("could not read the events of job %s: %s", job_id, e)
+                newest[job_id] = feed.high
 
         async with trio.open_nursery() as queries:
             for job_id in job_ids:
-                queries.start_soon(read_newest, job_id)
+                queries.start_soon(look_at, job_id)
         news: dict[str, tuple[Hashable, bool]] = {}
         for job_id in job_ids:
             state = states.get(job_id)
