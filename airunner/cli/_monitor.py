@@ -159,6 +159,7 @@ async def follow(client: AirunnerClient, job_id: str, from_sequence: int, queue:
     """
     next_sequence = from_sequence
     from_events: int | None = None
+    run = 0
     broken_since: float | None = None
     attempts = 0
     async with trio.open_nursery() as nursery:
@@ -173,6 +174,10 @@ async def follow(client: AirunnerClient, job_id: str, from_sequence: int, queue:
                         if response.event is None:
                             continue
                         waiting.cancel()
+                        line = attempt_line(run, response.event.attempt)
+                        if line:
+                            status(line)
+                        run = response.event.attempt or run
                         outcome = _show(response.event)
                         if outcome is not None:
                             from_events = outcome
@@ -249,6 +254,14 @@ def exit_status(job: Job | None, from_events: int | None) -> int:
 def _status_of(code: int) -> int:
     # An exit status has 8 bits: a failure whose code they would read as 0 exits 1.
     return code if 0 <= code <= 255 else EXIT_FAILED
+
+
+def attempt_line(shown: int, attempt: int) -> str:
+    """The line that says a later run of the job begins, when the events of run
+    ``attempt`` follow those of run ``shown`` (0: none yet); else ""."""
+    if attempt > shown and (shown or attempt > 1):
+        return f"attempt {attempt} of the job:"
+    return ""
 
 
 def _show(event: JobEvent) -> int | None:

@@ -184,10 +184,12 @@ def event_time_ms(event: JobEvent) -> int:
     return event.timestamp.to_nanos() // 1_000_000 if event.timestamp is not None else 0
 
 
-def process_error_event(sequence: int, message: str) -> JobEvent:
-    """A PROCESS_ERROR event, stamped now: a run that ended without its process's end."""
+def process_error_event(sequence: int, message: str, attempt: int = 0) -> JobEvent:
+    """A PROCESS_ERROR event, stamped now: a run that ended without its process's end
+    (``attempt``, that run; 0 for none)."""
     return JobEvent(
         sequence=sequence,
+        attempt=attempt,
         timestamp=Timestamp.from_nanos(time.time_ns()),
         event_type=EventType.PROCESS_ERROR,
         event_data=Oneof[Literal["process_error"], ProcessErrorEvent](
@@ -196,11 +198,13 @@ def process_error_event(sequence: int, message: str) -> JobEvent:
     )
 
 
-def rebased(event: JobEvent, base: int) -> JobEvent:
-    """The event as stored: its sequences moved past the job's earlier runs."""
-    if not base:
+def rebased(event: JobEvent, base: int, attempt: int) -> JobEvent:
+    """The event as stored: its sequences moved past the job's earlier runs, and
+    marked as the run ``attempt``'s."""
+    if not base and event.attempt == attempt:
         return event
     stored = copy.deepcopy(event)
+    stored.attempt = attempt
     stored.sequence += base
     if stored.event_data is not None and stored.event_data.field == "output_batch":
         batch = stored.event_data.value

@@ -420,7 +420,7 @@ class MemoryJobStore:
         for event in events:
             if record.sequence_base + event.sequence in record.events:
                 continue
-            new = rebased(event, record.sequence_base)
+            new = rebased(event, record.sequence_base, record.runs)
             for stored in rules.cap_output(new, record.output, self._max_output_bytes):
                 stored_count += 1
                 self._store_event(record, stored)

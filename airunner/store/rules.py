@@ -303,7 +303,7 @@ def lost_run_event(
         message += f"; the job failed: lost its worker {run} times"
     else:
         message += "; the job runs again"
-    return process_error_event(sequence, message)
+    return process_error_event(sequence, message, attempt=run)
 
 
 def ends_run(last: JobEvent | None, sequence_base: int) -> bool:
@@ -536,7 +536,11 @@ def cap_output(event: JobEvent, ledger: OutputLedger, limit: int) -> Iterator[Jo
         ledger.stored_bytes += output_bytes(cut)
         yield cut
     ledger.truncated_at = event.sequence + kept
-    yield output_truncated_event(ledger.truncated_at, event.timestamp, limit, ledger.stored_bytes)
+    truncated = output_truncated_event(
+        ledger.truncated_at, event.timestamp, limit, ledger.stored_bytes
+    )
+    truncated.attempt = event.attempt
+    yield truncated
 
 
 def trim_output(event: JobEvent, truncated_at: int) -> JobEvent | None:
@@ -555,6 +559,7 @@ def trim_output(event: JobEvent, truncated_at: int) -> JobEvent | None:
     cut.end_sequence = truncated_at - 1
     return JobEvent(
         sequence=event.sequence,
+        attempt=event.attempt,
         timestamp=copy.deepcopy(event.timestamp),
         event_type=event.event_type,
         event_data=Oneof[Literal["output_batch"], OutputBatchEvent](

@@ -100,3 +100,46 @@ async def test_jobs_run_end_to_end_in_sqs_mode(sqs_server: str, tmp_path: Path) 
     finally:
         worker.kill()
         await worker.wait()
+
+
+async def test_a_subscriber_on_another_replica_sees_output_while_the_job_runs(
+    sqs_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Two replicas on one backend, as a load balancer would spread clients: the
+    worker on one, `monitor` on the other shows each line before the job ends."""
+    flag = tmp_path / "go-on"
+    script = f"echo ready; while [ ! -e {flag} ]; do sleep 0.05; done; echo done"
+    async with (
+        server_process("--no-auth", **sqs_env) as runner,
+        server_process("--no-auth", **sqs_env) as watcher,
+    ):
+        worker = await trio.lowlevel.open_process(
+            [tool("airunner-cli"), "worker", "--server", runner.url, "--work-dir", str(tmp_path)],
+            env=clean_env(),
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            submitted = await cli(runner.url, "submit", "--detach", "--", "sh", "-c", script)
+            assert submitted.returncode == 0, submitted.stderr
+            job_id = submitted.stdout.decode().split()[-1]
+            monitor = await trio.lowlevel.open_process(
+                [tool("airunner-cli"), "monitor", job_id, "--server", watcher.url],
+                env=clean_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+            assert monitor.stdout is not None
+            seen = b""
+            with trio.fail_after(60):
+                while b"ready\n" not in seen:
+                    seen += await monitor.stdout.receive_some()
+                # Live: the job is still waiting for the flag.
+                assert b"done" not in seen
+                flag.touch()
+                while chunk := await monitor.stdout.receive_some():
+                    seen += chunk
+                assert await monitor.wait() == 0
+            assert seen == b"ready\ndone\n"
+        finally:
+            worker.kill()
+            await worker.wait()

@@ -103,8 +103,9 @@ async def test_a_job_whose_runs_all_lose_their_worker_fails(
         await store.complete_job(last.task_token, result(job_id, success=False, exit_code=-1))
     async with store.subscribe_events(job_id, EventQuery()) as stream:
         events = await drain(stream)
-    # Each run's log ends in one final event.
+    # Each run's log ends in one final event, and each event names its run.
     assert [e.sequence for e in events] == [1, 2, 3, 4]
+    assert [e.attempt for e in events] == [1, 1, 2, 2]
     assert [e.event_type for e in events] == [
         EventType.PROCESS_START,
         EventType.PROCESS_ERROR,
@@ -127,10 +128,15 @@ async def test_a_run_that_ended_its_log_is_not_closed_again(
     await store.publish_events(delivery.task_token, [start_event(1), end_event(2)])
     await trio.sleep(VISIBILITY + slack + 0.5)
     again = await must_dequeue(store, visibility=60)
-    await store.publish_events(again.task_token, [start_event(1), end_event(2)])
+    # Whatever run a worker says its events are of, the store says which they are.
+    sent = [start_event(1), end_event(2)]
+    for event in sent:
+        event.attempt = 7
+    await store.publish_events(again.task_token, sent)
     await store.complete_job(again.task_token, result(job_id))
     async with store.subscribe_events(job_id, EventQuery()) as stream:
         events = await drain(stream)
+    assert [e.attempt for e in events] == [1, 1, 2, 2]
     assert [e.event_type for e in events] == [
         EventType.PROCESS_START,
         EventType.PROCESS_END,

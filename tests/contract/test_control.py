@@ -227,7 +227,10 @@ async def test_a_scheduled_job_is_cancelled_at_once_and_never_delivered(
     _assert_cancelled(job, "not needed")
     assert (job.attempt, job.worker, job.started_at) == (0, "", None)
     assert not job.has_field("exit_code")
-    assert _errors(await _log(store, job_id)) == ["cancelled: not needed"]
+    log = await _log(store, job_id)
+    assert _errors(log) == ["cancelled: not needed"]
+    # The cancel of a job that never ran is of no run.
+    assert [event.attempt for event in log] == [0]
 
 
 async def test_a_cancelled_job_does_not_hold_up_the_next(store: JobStore) -> None:

@@ -92,6 +92,8 @@ async def test_output_past_the_limit_is_cut_where_it_stops(store: JobStore) -> N
     assert len(cut.value.outputs) == 1
     assert truncations(events) == [(5, OUTPUT_LIMIT, 9000)]
     assert stored_output(events) == 9000
+    # The cut event and the truncation are the run's, like the rest.
+    assert {event.attempt for event in events} == {1}
     # The job still ends as its worker said.
     assert events[-1].event_type == EventType.PROCESS_END
     # A reader resuming at the cut sees it, then the end.

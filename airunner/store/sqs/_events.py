@@ -183,11 +183,13 @@ class SQSEvents:
         """
         telemetry.events_publish.add(len(events), {"queue": token.queue})
         base = schema.sequence_base(job)
+        # ``job`` may be as read before this publish took the delivery up.
+        run = schema.runs_of(job) + (0 if schema.taken_up(job) else 1)
         delivery = self._delivery(token, job)
         if not events:
             return
         async with delivery.lock:
-            new = sorted((rebased(event, base) for event in events), key=lambda e: e.sequence)
+            new = sorted((rebased(e, base, run) for e in events), key=lambda e: e.sequence)
             first_new = next((e.sequence for e in new if e.sequence > delivery.high_water), None)
             if not delivery.known or (
                 first_new is not None and first_new > delivery.high_water + 1
