@@ -122,7 +122,7 @@ class EventPublisher:
                     await send.send(PublishJobEventsRequest(events=message))
                 async for event in self._receive:
                     # The request's encoding is connectrpc's; an event's size
-                    # here is at most its encoded size (``encoded_size``).
+                    # here is a bound just over its encoded size (``encoded_size``).
                     events = [event]
                     size = self._retain(event)
                     while size < MESSAGE_BYTES:
