@@ -231,7 +231,7 @@ class AirunnerClient:
         def messages() -> Iterator[PublishJobEventsRequest]:
             while True:
                 try:
-                    yield trio.from_thread.run(requests.receive, trio_token=token)
+                    yield _receive_from_thread(requests, token)
                 except (trio.EndOfChannel, trio.ClosedResourceError, trio.RunFinishedError):
                     return
 
@@ -266,7 +266,7 @@ class AirunnerClient:
                 ):
                     if stop.is_set():
                         return
-                    trio.from_thread.run(send.send, message, trio_token=token)
+                    _send_from_thread(send, message, token)
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio.RunFinishedError):
                 return
             except BaseException as e:  # carried to the trio side
@@ -292,6 +292,30 @@ class AirunnerClient:
             # ends it; nobody waits for it.
             stop.set()
             receive.close()
+
+
+def _send_from_thread(
+    send: trio.MemorySendChannel[T], message: T, token: trio.lowlevel.TrioToken
+) -> None:
+    """Put ``message`` on ``send`` from a thread, waiting while the channel is full.
+
+    A message the channel has room for is put there by a plain call in trio's
+    thread, without starting a task for it (``from_thread.run``).
+    """
+    try:
+        trio.from_thread.run_sync(send.send_nowait, message, trio_token=token)
+    except trio.WouldBlock:
+        trio.from_thread.run(send.send, message, trio_token=token)
+
+
+def _receive_from_thread(
+    receive: trio.MemoryReceiveChannel[T], token: trio.lowlevel.TrioToken
+) -> T:
+    """The next message from ``receive``, taken from a thread; waits for one if none is there."""
+    try:
+        return trio.from_thread.run_sync(receive.receive_nowait, trio_token=token)
+    except trio.WouldBlock:
+        return trio.from_thread.run(receive.receive, trio_token=token)
 
 
 def _deliver(call: Callable[[], Any], token: trio.lowlevel.TrioToken) -> None:

@@ -22,6 +22,8 @@ when output does not compress.
 
 from __future__ import annotations
 
+import struct
+
 from connectrpc.code import Code
 from connectrpc.compression.gzip import GzipCompression
 from connectrpc.errors import ConnectError
@@ -34,6 +36,16 @@ MAX_RATIO = 0.5
 FAST_LEVEL = 1
 # zlib's window bits for a gzip member (16 + the largest window).
 GZIP_WBITS = 16 + zlib_ng.MAX_WBITS
+# The largest output buffer a message is decompressed into at first (it grows
+# past this as needed).
+MAX_HINT_BYTES = 16 * 1024 * 1024
+# A gzip member's header: deflate, no flags, no time, no extra flags, unknown OS.
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+# A stored deflate block: BFINAL with BTYPE 00, then LEN and NLEN.
+_STORED_BLOCK_HEADER = struct.Struct("<BHH")
+_STORED_BLOCK_BYTES = 0xFFFF
+# CRC-32 and ISIZE.
+_GZIP_TRAILER = struct.Struct("<II")
 
 
 def worth_compressing(data: bytes | bytearray | memoryview) -> bool:
@@ -61,30 +73,57 @@ class AdaptiveGzip(GzipCompression):
         self, data: bytes | bytearray | memoryview, read_max_bytes: int | None = None
     ) -> bytes:
         """The gzip members of ``data``, refused past ``read_max_bytes`` decompressed."""
+        # A member ends with its size (mod 2**32): the last one's sizes the
+        # first output buffer, which zlib otherwise grows step by step from a
+        # small one or, given only the read limit, makes that big (8 MiB on a
+        # server). Past the limit by one byte is enough to refuse.
+        expected: int | None = min(int.from_bytes(data[-4:], "little"), MAX_HINT_BYTES) + 1
         parts: list[bytes] = []
         total = 0
         rest = data
         while rest:
             decompressor = zlib_ng.decompressobj(wbits=GZIP_WBITS)
-            # Past the limit by one byte is enough to refuse (0: no limit).
-            room = 0 if read_max_bytes is None else read_max_bytes + 1 - total
-            out = decompressor.decompress(rest, room)
-            total += len(out)
-            if read_max_bytes is not None and total > read_max_bytes:
-                raise ConnectError(
-                    Code.RESOURCE_EXHAUSTED,
-                    f"message is larger than configured max {read_max_bytes}",
-                )
+            while True:
+                room = None if read_max_bytes is None else read_max_bytes + 1 - total
+                # At most the smaller of the two; 0: no limit.
+                out = decompressor.decompress(rest, min(filter(None, (room, expected)), default=0))
+                expected = None
+                parts.append(out)
+                total += len(out)
+                if read_max_bytes is not None and total > read_max_bytes:
+                    raise ConnectError(
+                        Code.RESOURCE_EXHAUSTED,
+                        f"message is larger than configured max {read_max_bytes}",
+                    )
+                # Stopped at the size it was given, short of the member's end.
+                rest = decompressor.unconsumed_tail
+                if decompressor.eof or not rest:
+                    break
             if not decompressor.eof:
                 raise EOFError("compressed data ended before the end-of-stream marker")
-            parts.append(out)
             rest = decompressor.unused_data
         return b"".join(parts)
 
 
 def stored(data: bytes | bytearray | memoryview) -> bytes:
-    """``data`` as one gzip member of stored (uncompressed) deflate blocks."""
-    return zlib_ng.compress(data, 0, wbits=GZIP_WBITS)
+    """``data`` as one gzip member of stored (uncompressed) deflate blocks.
+
+    Made here, not by zlib at level 0, which copies it through its window at
+    about a third of the speed: a header, each block's length before its
+    bytes (RFC 1951 3.2.4), the CRC and the size (RFC 1952).
+    """
+    view = memoryview(data).cast("B")
+    size = len(view)
+    parts: list[bytes | memoryview] = [_GZIP_HEADER]
+    for at in range(0, size, _STORED_BLOCK_BYTES):
+        block = view[at : at + _STORED_BLOCK_BYTES]
+        final = at + _STORED_BLOCK_BYTES >= size
+        parts.append(_STORED_BLOCK_HEADER.pack(final, len(block), 0xFFFF ^ len(block)))
+        parts.append(block)
+    if not size:
+        parts.append(_STORED_BLOCK_HEADER.pack(True, 0, 0xFFFF))
+    parts.append(_GZIP_TRAILER.pack(zlib_ng.crc32(view), size & 0xFFFFFFFF))
+    return b"".join(parts)
 
 
 GZIP = AdaptiveGzip()

@@ -23,6 +23,11 @@ INPUT_BUFFER = 64
 RETAIN_BYTES = 64 * 1024 * 1024
 # One request message carries the events waiting at the moment, up to this size.
 MESSAGE_BYTES = 1024 * 1024
+# The most an output batch's encoding adds to its output: per item the output's
+# tag and length (up to 2 GiB), the item's tag and length, its stream type and
+# time delta; per event every other field of the event and of the batch.
+ITEM_FRAMING_BYTES = 1 + 5 + 1 + 5 + 11 + 11
+EVENT_FRAMING_BYTES = 128
 # A stream that fails this many times in a row gives up.
 MAX_ATTEMPTS = 8
 BACKOFF_INITIAL_SECONDS = 0.5
@@ -116,8 +121,8 @@ class EventPublisher:
                 for message in _messages(self._retained):
                     await send.send(PublishJobEventsRequest(events=message))
                 async for event in self._receive:
-                    # Each event is encoded once here, for its size; the
-                    # request's encoding is connectrpc's.
+                    # The request's encoding is connectrpc's; an event's size
+                    # here is a bound just over its encoded size (``encoded_size``).
                     events = [event]
                     size = self._retain(event)
                     while size < MESSAGE_BYTES:
@@ -133,13 +138,32 @@ class EventPublisher:
 
     def _retain(self, event: JobEvent) -> int:
         """Keep ``event`` for re-sending if there is room (or it is critical); its size."""
-        size = len(event.to_binary())
+        size = encoded_size(event)
         if event.event_type in CRITICAL_TYPES or self._retained_bytes + size <= self._retain_limit:
             self._retained.append((event, size))
             self._retained_bytes += size
         else:
             self._unretained_in_flight += 1
         return size
+
+
+def encoded_size(event: JobEvent) -> int:
+    """At least the size of ``event`` encoded, without encoding it for an output batch.
+
+    An output batch's bytes are its items' output, each with framing of at most
+    ``ITEM_FRAMING_BYTES``, and fields of at most ``EVENT_FRAMING_BYTES`` around
+    them; measuring it costs no copy of the output (the events come from this
+    worker's batcher: no unknown fields). Other events are small and encoded.
+    """
+    data = event.event_data
+    if data is None or data.field != "output_batch":
+        return len(event.to_binary())
+    outputs = data.value.outputs
+    return (
+        EVENT_FRAMING_BYTES
+        + sum(len(item.output) for item in outputs)
+        + (ITEM_FRAMING_BYTES * len(outputs))
+    )
 
 
 def _messages(events: list[tuple[JobEvent, int]]) -> list[list[JobEvent]]:

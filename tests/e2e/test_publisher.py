@@ -10,6 +10,7 @@ import trio
 from airunner.client import AirunnerClient
 from airunner.store import Delivery, EventQuery, MemoryJobStore
 from airunner.worker import EventPublisher
+from airunner.worker._publisher import encoded_size
 from tests.helpers import (
     end_event,
     eventually,
@@ -78,7 +79,8 @@ async def test_output_past_the_retention_limit_is_counted_when_lost() -> None:
     done = trio.Event()
     async with AirunnerClient(f"http://{listen}") as client, trio.open_nursery() as nursery:
         # Room to keep the start event and one output event for re-sending.
-        publisher = EventPublisher(client, delivery.task_token, retain_bytes=200)
+        room = encoded_size(start_event(1)) + encoded_size(output_event(2, b"x" * 100))
+        publisher = EventPublisher(client, delivery.task_token, retain_bytes=room)
 
         async def publish_all() -> None:
             await publisher.run()

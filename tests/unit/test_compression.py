@@ -39,7 +39,7 @@ def test_repetitive_output_is_compressed() -> None:
     assert gzip.decompress(sent) == data
 
 
-@pytest.mark.parametrize("size", [0, 1, 65535, 65536, 200 * 1024])
+@pytest.mark.parametrize("size", [0, 1, 65535, 65536, 2 * 65535, 200 * 1024])
 def test_a_stored_member_is_gzip_both_ways(size: int) -> None:
     data = os.urandom(size)
     assert gzip.decompress(stored(data)) == data
@@ -64,6 +64,20 @@ def test_a_cut_member_is_refused() -> None:
 def test_members_one_after_another_are_read_as_one_message() -> None:
     data = os.urandom(1000)
     assert GZIP.decompress(stored(data) + gzip.compress(data)) == data + data
+
+
+@pytest.mark.parametrize("limit", [None, 64 * 1024 * 1024])
+def test_members_read_whatever_the_size_their_trailer_gives(limit: int | None) -> None:
+    # The output buffer is sized by the last member's trailer: too small for
+    # the first member here, and for a member that lies about its size.
+    big, small = os.urandom(300 * 1024), b"tail\n"
+    assert GZIP.decompress(gzip.compress(big) + stored(small), limit) == big + small
+    lying = bytearray(stored(big))
+    lying[-4:] = (10).to_bytes(4, "little")
+    with pytest.raises(Exception, match="incorrect length check"):
+        GZIP.decompress(bytes(lying), limit)
+    huge = bytes(16 * 1024 * 1024 + 1000)
+    assert GZIP.decompress(gzip.compress(huge, compresslevel=1), limit) == huge
 
 
 def test_a_stored_member_over_the_read_limit_is_refused() -> None:
