@@ -68,7 +68,7 @@ CONCURRENT_QUERIES = 8
 KEPT_DELIVERIES = 4096
 # The newest events a replica keeps of each job its subscribers follow (by
 # output bytes, roughly); a subscriber further behind reads the table.
-FEED_BYTES = 4 * 1024 * 1024
+FEED_BYTES = 1024 * 1024
 # What an event counts toward FEED_BYTES besides its output.
 EVENT_OVERHEAD_BYTES = 64
 
