@@ -180,9 +180,16 @@ class AirunnerClient:
             )
             http = SyncClient(SyncHTTPTransport(tls_ca_cert=certificate))
         else:
-            # Servers whose certificates the system trusts share one pool.
+            # The other servers share one pool, with the system's certificates
+            # if any of them speaks https.
             if self._http is None:
-                self._http = SyncClient(SyncHTTPTransport(tls_include_system_certs=True))
+                https = any(other.scheme == "https" for other in self._parts)
+                transport = (
+                    SyncHTTPTransport(tls_include_system_certs=True)
+                    if https
+                    else SyncHTTPTransport()
+                )
+                self._http = SyncClient(transport)
             http = self._http
         # A client span per call, its context sent along (W3C traceparent).
         tracing = [OpenTelemetryInterceptor(client=True)]

@@ -104,10 +104,12 @@ class JobExecutor:
 
     Heartbeats (UpdateJob) run beside it. If the server refuses one, the job
     was lost to visibility expiry: the process is stopped and nothing is
-    completed. ``kill`` stops the job early and fails it; a job whose end the
-    server has not taken ``KILLED_REPORT_SECONDS`` after its command's end is
-    then given up, left to its delivery's expiry. ``reaper`` ends what the job
-    leaves running outside its process group.
+    completed; so too when no server (of the client's) accepts a heartbeat or
+    the events before the delivery would expire. Until then the job runs on and
+    its events wait in the publisher. ``kill`` stops the job early and fails it;
+    a job whose end the server has not taken ``KILLED_REPORT_SECONDS`` after its
+    command's end is then given up, left to its delivery's expiry. ``reaper``
+    ends what the job leaves running outside its process group.
 
     Beside them too, a GetJob every ``cancel_check_interval`` asks whether the
     job was cancelled (or is gone); if so its process group is stopped (SIGTERM,
@@ -245,7 +247,8 @@ class JobExecutor:
     ) -> JobResult | None:
         """Run the job with its heartbeats and its event stream beside it.
 
-        Returns None if the delivery was lost: the server refused a heartbeat.
+        Returns None if the delivery was lost: the server refused a heartbeat,
+        or no server was reached before it expired.
         """
         # Until then a server that cannot be reached is tried again, and the
         # job's process runs on.

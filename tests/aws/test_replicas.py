@@ -79,9 +79,10 @@ async def worker_process(
         print(worker.log)
 
 
-async def follow(url: str, job_id: str) -> trio.Process:
+async def follow(job_id: str, *servers: str) -> trio.Process:
+    args = [arg for url in servers for arg in ("--server", url)]
     return await trio.lowlevel.open_process(
-        [tool("airunner-cli"), "monitor", job_id, "--server", url],
+        [tool("airunner-cli"), "monitor", job_id, *args],
         env=clean_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -111,7 +112,9 @@ async def test_a_worker_given_two_replicas_loses_nothing_when_its_replica_dies(
         worker_process(tmp_path, first.url, second.url) as worker,
     ):
         job_id = await submit(second.url, sys.executable, "-c", NUMBERED)
-        monitor = await follow(second.url, job_id)
+        monitor = await follow(job_id, second.url)
+        # Another follows on the dying replica, then on the other.
+        moving = await follow(job_id, first.url, second.url)
         assert monitor.stdout is not None
         seen = b""
         with trio.fail_after(120):
@@ -121,9 +124,13 @@ async def test_a_worker_given_two_replicas_loses_nothing_when_its_replica_dies(
             first.process.kill()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(monitor.wait)
+                nursery.start_soon(moving.wait)
                 seen += await read_all(monitor.stdout)
                 errors = await read_all(monitor.stderr)
+                moved = await read_all(moving.stdout)
         assert monitor.returncode == 0, errors
+        assert moving.returncode == 0
+        assert moved == EXPECTED
         # Every line once, in order, live and in the replay, from one run.
         assert seen == EXPECTED
         assert errors.count(b"process started") == 1
@@ -151,7 +158,7 @@ async def test_a_delivery_that_expires_while_its_only_replica_is_down_runs_again
         listen = replica.url.removeprefix("http://")
         async with worker_process(tmp_path, replica.url, visibility_timeout=3) as worker:
             job_id = await submit(replica.url, sys.executable, "-c", script)
-            monitor = await follow(replica.url, job_id)
+            monitor = await follow(job_id, replica.url)
             assert monitor.stdout is not None
             seen = b""
             with trio.fail_after(120):
