@@ -11,6 +11,11 @@ library; this module only moves messages between threads:
 
 Cancellation (Ctrl-C, SIGTERM handling, ``trio.move_on_after``) therefore ends
 every call at once on the trio side.
+
+A client may be given several servers (replicas of one store). It talks to one
+at a time; a call that finds it unreachable (``unavailable``: connection refused
+or reset, a draining server) moves the client on to the next, so that the
+caller's own retry, under its own backoff, reaches another replica.
 """
 
 from __future__ import annotations
@@ -20,11 +25,11 @@ import logging
 import math
 import ssl
 import threading
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
-from contextlib import suppress
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import aclosing, suppress
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 import trio
@@ -76,6 +81,13 @@ class ClientConfigError(ValueError):
     """The server address or TLS settings are unusable."""
 
 
+class _Services(NamedTuple):
+    """Both services' clients for one server."""
+
+    jobs: JobServiceClientSync
+    events: JobEventsServiceClientSync
+
+
 @dataclass(frozen=True)
 class _Failure:
     """An exception raised in a stream's thread, carried to the trio side."""
@@ -86,8 +98,13 @@ class _Failure:
 class AirunnerClient:
     """Both airunner services on one HTTP connection pool, open inside ``async with``.
 
+    A call that finds its server unreachable is tried once on each of the other
+    servers in turn before it fails, unless its messages are already spent (a
+    client stream) or some of its answer has arrived (a server stream); either
+    way the client stays on the next server for the calls that follow.
+
     Args:
-        server: ``http://`` or ``https://`` URL of the server.
+        server: ``http://`` or ``https://`` URL of the server, or several (replicas).
         token: Bearer token sent with every call, if given.
         verify_tls: When False, trust whatever certificate an https server
             presents (for self-signed certificates); the host name must still match.
@@ -96,39 +113,84 @@ class AirunnerClient:
 
     def __init__(
         self,
-        server: str,
+        server: str | Sequence[str],
         *,
         token: str | None = None,
         verify_tls: bool = True,
         max_calls: int = DEFAULT_MAX_CALLS,
     ) -> None:
-        parts = urlsplit(server)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ClientConfigError(f"server must be an http:// or https:// URL, got {server!r}")
-        self.server = server.rstrip("/")
-        self._parts = parts
+        urls = [server] if isinstance(server, str) else list(server)
+        if not urls:
+            raise ClientConfigError("no server URL given")
+        self._parts = []
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ClientConfigError(f"server must be an http:// or https:// URL, got {url!r}")
+            self._parts.append(parts)
+        self.servers = tuple(url.rstrip("/") for url in urls)
+        # The server calls go to first; moved on when it cannot be reached.
+        self._current = 0
         self._verify_tls = verify_tls
         self._headers: Mapping[str, str] = {"authorization": f"Bearer {token}"} if token else {}
-        self._opened: tuple[JobServiceClientSync, JobEventsServiceClientSync] | None = None
+        self._entered = False
+        # Each server's clients, opened when first used (``--no-verify`` fetches
+        # the server's certificate then).
+        self._opened: dict[int, _Services] = {}
+        self._http: SyncClient | None = None
         # Unary calls share this client's threads; a client stream (one per
         # running job) has a thread of its own for as long as it lasts, so that
         # many running jobs never leave their heartbeats waiting for a thread.
         self._calls = trio.CapacityLimiter(max_calls)
         self._streams = trio.CapacityLimiter(math.inf)
 
+    @property
+    def server(self) -> str:
+        """The server, or the servers, as a message names them."""
+        return " or ".join(self.servers)
+
     async def __aenter__(self) -> AirunnerClient:
-        """Open the connection pool (for ``--no-verify``, after fetching the certificate)."""
-        if self._parts.scheme == "https":
-            if self._verify_tls:
-                transport = SyncHTTPTransport(tls_include_system_certs=True)
-            else:
-                certificate = await trio.to_thread.run_sync(
-                    _presented_certificate, self._parts, abandon_on_cancel=True
-                )
-                transport = SyncHTTPTransport(tls_ca_cert=certificate)
+        """Open the connection pool (for ``--no-verify``, after fetching the
+        certificate of the first server that presents one)."""
+        self._entered = True
+        try:
+            await self._attempts(_opened)
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._entered = False
+        for services in self._opened.values():
+            for client in services:
+                client.close()
+        self._opened.clear()
+
+    async def _services(self, index: int) -> _Services:
+        """The clients for server ``index``, opened if they are not yet."""
+        if not self._entered:
+            raise RuntimeError("use the client in `async with AirunnerClient(...) as client:`")
+        if (services := self._opened.get(index)) is not None:
+            return services
+        parts = self._parts[index]
+        if parts.scheme == "https" and not self._verify_tls:
+            certificate = await trio.to_thread.run_sync(
+                _presented_certificate, parts, abandon_on_cancel=True
+            )
+            http = SyncClient(SyncHTTPTransport(tls_ca_cert=certificate))
         else:
-            transport = SyncHTTPTransport()
-        http = SyncClient(transport)
+            # The other servers share one pool, with the system's certificates
+            # if any of them speaks https.
+            if self._http is None:
+                https = any(other.scheme == "https" for other in self._parts)
+                transport = (
+                    SyncHTTPTransport(tls_include_system_certs=True)
+                    if https
+                    else SyncHTTPTransport()
+                )
+                self._http = SyncClient(transport)
+            http = self._http
         # A client span per call, its context sent along (W3C traceparent).
         tracing = [OpenTelemetryInterceptor(client=True)]
         # Gzip only for messages it shrinks, at a fast level (airunner.compression).
@@ -138,65 +200,82 @@ class AirunnerClient:
             "send_compression": GZIP,
             "accept_compression": [GZIP],
         }
-        self._opened = (
-            JobServiceClientSync(self.server, **options),
-            JobEventsServiceClientSync(self.server, **options),
+        services = _Services(
+            JobServiceClientSync(self.servers[index], **options),
+            JobEventsServiceClientSync(self.servers[index], **options),
         )
-        return self
+        self._opened[index] = services
+        return services
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._opened is not None:
-            for client in self._opened:
-                client.close()
-            self._opened = None
+    def _unreachable(self, index: int, error: ConnectError) -> None:
+        """Server ``index`` could not be reached: the next one is tried from now on
+        (unless another call already moved on from it)."""
+        if len(self.servers) == 1 or self._current != index:
+            return
+        self._current = (index + 1) % len(self.servers)
+        log.warning(
+            "cannot reach the server at %s (%s); trying %s",
+            self.servers[index],
+            error.message,
+            self.servers[self._current],
+        )
 
-    @property
-    def _jobs(self) -> JobServiceClientSync:
-        return self._clients()[0]
+    async def _attempts(
+        self, attempt: Callable[[_Services], Awaitable[T]], *, failover: bool = True
+    ) -> T:
+        """``attempt`` on the current server; if that server cannot be reached, on
+        each of the others in turn (with ``failover``), until one answers.
 
-    @property
-    def _events(self) -> JobEventsServiceClientSync:
-        return self._clients()[1]
-
-    def _clients(self) -> tuple[JobServiceClientSync, JobEventsServiceClientSync]:
-        if self._opened is None:
-            raise RuntimeError("use the client in `async with AirunnerClient(...) as client:`")
-        return self._opened
+        Raises the last server's error when none does.
+        """
+        first = self._current
+        tries = len(self.servers) if failover else 1
+        for step in range(tries):
+            index = (first + step) % len(self.servers)
+            try:
+                return await attempt(await self._services(index))
+            except ConnectError as e:
+                if e.code != Code.UNAVAILABLE:
+                    raise
+                self._unreachable(index, e)
+                if step == tries - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     async def enqueue_job(
         self, request: EnqueueJobRequest, *, rpc_timeout: float = DEFAULT_TIMEOUT_SECONDS
     ) -> EnqueueJobResponse:
-        return await self._unary(self._jobs.enqueue_job, request, rpc_timeout)
+        return await self._unary(lambda s: s.jobs.enqueue_job, request, rpc_timeout)
 
     async def update_job(
         self, request: UpdateJobRequest, *, rpc_timeout: float = DEFAULT_TIMEOUT_SECONDS
     ) -> UpdateJobResponse:
-        return await self._unary(self._jobs.update_job, request, rpc_timeout)
+        return await self._unary(lambda s: s.jobs.update_job, request, rpc_timeout)
 
     async def complete_job(
         self, request: CompleteJobRequest, *, rpc_timeout: float = DEFAULT_TIMEOUT_SECONDS
     ) -> CompleteJobResponse:
-        return await self._unary(self._jobs.complete_job, request, rpc_timeout)
+        return await self._unary(lambda s: s.jobs.complete_job, request, rpc_timeout)
 
     async def list_jobs(
         self, request: ListJobsRequest, *, rpc_timeout: float = DEFAULT_TIMEOUT_SECONDS
     ) -> ListJobsResponse:
-        return await self._unary(self._jobs.list_jobs, request, rpc_timeout)
+        return await self._unary(lambda s: s.jobs.list_jobs, request, rpc_timeout)
 
     async def get_job(
         self, request: GetJobRequest, *, rpc_timeout: float = DEFAULT_TIMEOUT_SECONDS
     ) -> GetJobResponse:
-        return await self._unary(self._jobs.get_job, request, rpc_timeout)
+        return await self._unary(lambda s: s.jobs.get_job, request, rpc_timeout)
 
     async def cancel_job(
         self, request: CancelJobRequest, *, rpc_timeout: float = DEFAULT_TIMEOUT_SECONDS
     ) -> CancelJobResponse:
-        return await self._unary(self._jobs.cancel_job, request, rpc_timeout)
+        return await self._unary(lambda s: s.jobs.cancel_job, request, rpc_timeout)
 
     async def retry_job(
         self, request: RetryJobRequest, *, rpc_timeout: float = DEFAULT_TIMEOUT_SECONDS
     ) -> RetryJobResponse:
-        return await self._unary(self._jobs.retry_job, request, rpc_timeout)
+        return await self._unary(lambda s: s.jobs.retry_job, request, rpc_timeout)
 
     def dequeue_job(
         self, request: DequeueJobRequest, *, rpc_timeout: float
@@ -208,13 +287,13 @@ class AirunnerClient:
         ``rpc_timeout`` bounds the whole call (the server sees it as the call's
         deadline): make it longer than the poll window.
         """
-        return self._server_stream(self._jobs.dequeue_job, request, rpc_timeout)
+        return self._server_stream(lambda s: s.jobs.dequeue_job, request, rpc_timeout)
 
     def stream_job_events(
         self, request: StreamJobEventsRequest, *, rpc_timeout: float | None = None
     ) -> AsyncGenerator[StreamJobEventsResponse, None]:
         """The job's stored events, then its live ones, until its final event."""
-        return self._server_stream(self._events.stream_job_events, request, rpc_timeout)
+        return self._server_stream(lambda s: s.events.stream_job_events, request, rpc_timeout)
 
     async def publish_job_events(
         self,
@@ -224,7 +303,9 @@ class AirunnerClient:
     ) -> PublishJobEventsResponse:
         """Send every message from ``requests`` on one stream until it is closed.
 
-        Returns once the server has stored them all and answered.
+        Returns once the server has stored them all and answered. The messages
+        are spent by a failed call: an unreachable server is not tried again
+        here, but the next call goes to the next server.
         """
         token = trio.lowlevel.current_trio_token()
 
@@ -236,23 +317,59 @@ class AirunnerClient:
                     return
 
         return await self._unary(
-            self._events.publish_job_events, messages(), rpc_timeout, limiter=self._streams
+            lambda s: s.events.publish_job_events,
+            messages(),
+            rpc_timeout,
+            limiter=self._streams,
+            failover=False,
         )
 
     async def _unary(
         self,
-        method: Callable[..., T],
+        method: Callable[[_Services], Callable[..., T]],
         request: Any,
         rpc_timeout: float | None,
         *,
         limiter: trio.CapacityLimiter | None = None,
+        failover: bool = True,
     ) -> T:
-        call = partial(method, request, headers=self._headers, timeout_ms=_millis(rpc_timeout))
-        return await trio.to_thread.run_sync(
-            call, abandon_on_cancel=True, limiter=limiter or self._calls
-        )
+        async def attempt(services: _Services) -> T:
+            call = partial(
+                method(services), request, headers=self._headers, timeout_ms=_millis(rpc_timeout)
+            )
+            return await trio.to_thread.run_sync(
+                call, abandon_on_cancel=True, limiter=limiter or self._calls
+            )
+
+        return await self._attempts(attempt, failover=failover)
 
     async def _server_stream(
+        self,
+        method: Callable[[_Services], Callable[..., Iterator[T]]],
+        request: Any,
+        rpc_timeout: float | None,
+    ) -> AsyncGenerator[T, None]:
+        """The stream's messages from the current server; from the next, in turn,
+        while a server cannot be reached before its first message."""
+        first = self._current
+        for step in range(len(self.servers)):
+            index = (first + step) % len(self.servers)
+            received = False
+            try:
+                services = await self._services(index)
+                async with aclosing(self._pumped(method(services), request, rpc_timeout)) as items:
+                    async for item in items:
+                        received = True
+                        yield item
+                return
+            except ConnectError as e:
+                if e.code != Code.UNAVAILABLE:
+                    raise
+                self._unreachable(index, e)
+                if received or step == len(self.servers) - 1:
+                    raise
+
+    async def _pumped(
         self, method: Callable[..., Iterator[T]], request: Any, rpc_timeout: float | None
     ) -> AsyncGenerator[T, None]:
         send, receive = trio.open_memory_channel[T | _Failure](_STREAM_BUFFER)
@@ -292,6 +409,11 @@ class AirunnerClient:
             # ends it; nobody waits for it.
             stop.set()
             receive.close()
+
+
+async def _opened(services: _Services) -> None:
+    """Nothing: opening the server's clients was the whole attempt."""
+    await trio.lowlevel.checkpoint()
 
 
 def _send_from_thread(

@@ -34,9 +34,12 @@ def client_options() -> argparse.ArgumentParser:
     group = parser.add_argument_group("server")
     group.add_argument(
         "--server",
-        default=default_server(os.environ),
-        help="server URL (env AIRUNNER_SERVER; else the address in AIRUNNER_LISTEN, as "
-        f"run-local uses it; else {DEFAULT_SERVER})",
+        action=_ServerList,
+        default=split_servers(default_server(os.environ)),
+        metavar="URL",
+        help="server URL; give it again (or several URLs, comma-separated) for replicas, "
+        "tried in turn when one cannot be reached (env AIRUNNER_SERVER; else the address "
+        f"in AIRUNNER_LISTEN, as run-local uses it; else {DEFAULT_SERVER})",
     )
     group.add_argument(
         "--token",
@@ -91,6 +94,27 @@ def _read_token(path: Path) -> str:
     if not token:
         raise CliError(f"the token file {path} is empty")
     return token
+
+
+class _ServerList(argparse.Action):
+    """``--server``: each one adds its URLs; the first replaces the default."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        servers = getattr(namespace, self.dest)
+        if servers is self.default:
+            servers = []
+        setattr(namespace, self.dest, [*servers, *split_servers(str(values))])
+
+
+def split_servers(value: str) -> list[str]:
+    """The URLs in a comma-separated list (AIRUNNER_SERVER may hold several)."""
+    return [url.strip() for url in value.split(",") if url.strip()]
 
 
 def default_server(env: Mapping[str, str]) -> str:

@@ -129,8 +129,9 @@ def on_interrupt(
             if e.code == Code.FAILED_PRECONDITION:
                 status(f"{received.name}: job {job_id} had already ended: {e.message}")
                 return
+            reason = explain(e, " or ".join(args.server))
             status(
-                f"{received.name}: could not cancel job {job_id}: {explain(e, args.server)}; "
+                f"{received.name}: could not cancel job {job_id}: {reason}; "
                 f"the job goes on: `airunner-cli cancel {job_id}` cancels it"
             )
             return

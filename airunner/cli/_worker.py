@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         # retrying for ever and looking alive.
         error = first_leaf(refused).error
         raise CliError(
-            f"the server at {args.server} refused to give jobs from "
+            f"the server at {' or '.join(args.server)} refused to give jobs from "
             f"{_queues_text(settings.queues)}: {error.code.value}: {error.message}"
         ) from None
     return 0

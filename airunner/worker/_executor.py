@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -46,7 +47,7 @@ from ._checkout import CheckoutError, checkout
 from ._isolation import JobUser, give_tree
 from ._orphans import JOB_ID_VARIABLE, OrphanReaper, TrackedJob
 from ._process import KILL_GRACE_SECONDS, OutputChunk, ProcessOutcome, SpawnError, run_command
-from ._publisher import EventPublisher, PublishFailed
+from ._publisher import DeliveryExpired, EventPublisher, PublishFailed
 from ._redact import redact_text, secret_values
 
 log = logging.getLogger(__name__)
@@ -103,10 +104,12 @@ class JobExecutor:
 
     Heartbeats (UpdateJob) run beside it. If the server refuses one, the job
     was lost to visibility expiry: the process is stopped and nothing is
-    completed. ``kill`` stops the job early and fails it; a job whose end the
-    server has not taken ``KILLED_REPORT_SECONDS`` after its command's end is
-    then given up, left to its delivery's expiry. ``reaper`` ends what the job
-    leaves running outside its process group.
+    completed; so too when no server (of the client's) accepts a heartbeat or
+    the events before the delivery would expire. Until then the job runs on and
+    its events wait in the publisher. ``kill`` stops the job early and fails it;
+    a job whose end the server has not taken ``KILLED_REPORT_SECONDS`` after its
+    command's end is then given up, left to its delivery's expiry. ``reaper``
+    ends what the job leaves running outside its process group.
 
     Beside them too, a GetJob every ``cancel_check_interval`` asks whether the
     job was cancelled (or is gone); if so its process group is stopped (SIGTERM,
@@ -144,6 +147,10 @@ class JobExecutor:
         # Trio's clock runs on while the worker is stopped (SIGSTOP): the time
         # since the delivery came is known even after a freeze.
         self._received_at = trio.current_time()
+        # When the delivery would expire (trio's clock) unless a heartbeat is
+        # accepted first: the event stream's first message takes it up for the
+        # visibility timeout, each accepted beat holds it that long again.
+        self._held_until = math.inf
 
     @property
     def job_id(self) -> str:
@@ -240,9 +247,13 @@ class JobExecutor:
     ) -> JobResult | None:
         """Run the job with its heartbeats and its event stream beside it.
 
-        Returns None if the delivery was lost: the server refused a heartbeat.
+        Returns None if the delivery was lost: the server refused a heartbeat,
+        or no server was reached before it expired.
         """
-        publisher = EventPublisher(self._client, self._token)
+        # Until then a server that cannot be reached is tried again, and the
+        # job's process runs on.
+        self._held_until = trio.current_time() + self._settings.visibility_timeout
+        publisher = EventPublisher(self._client, self._token, held_until=lambda: self._held_until)
         failure: Exception | None = None
         with trio.CancelScope() as delivery:
             async with trio.open_nursery() as heartbeats:
@@ -266,6 +277,10 @@ class JobExecutor:
         # work ends has nothing left to cancel, and the delivery is lost all the same.
         if delivery.cancel_called:
             # Lost wins over a publish failure, which stopping the work may have caused.
+            return None
+        if isinstance(failure, DeliveryExpired):
+            # The publisher saw the delivery run out before the heartbeats did.
+            self._log_expired(str(failure))
             return None
         if failure is not None:
             log.error("job %s: %s", self.job_id, failure)
@@ -496,16 +511,13 @@ class JobExecutor:
             task_token=self._token,
             visibility_timeout_seconds=visibility,
         )
-        # The event stream's first message takes the delivery up at once, for
-        # the visibility timeout; each accepted beat holds it that long again.
-        held_until = trio.current_time() + visibility
         next_beat = trio.current_time() + interval
         retry = HEARTBEAT_RETRY_SECONDS
         while True:
             await trio.sleep_until(next_beat)
             began = trio.current_time()
             # A beat may take as long as the delivery has left, no longer.
-            left = held_until - began
+            left = self._held_until - began
             try:
                 await self._client.update_job(
                     request, rpc_timeout=max(HEARTBEAT_MIN_TIMEOUT_SECONDS, left)
@@ -515,27 +527,31 @@ class JobExecutor:
                     log.warning("job %s: lost (%s); not completing it", self.job_id, e.message)
                     delivery.cancel()
                     return
-                if trio.current_time() >= held_until:
+                now = trio.current_time()
+                if now >= self._held_until:
                     # The server may already have given the job to another
                     # worker: two runs at once is worse than a rerun.
-                    log.warning(
-                        "job %s: lost (no heartbeat accepted within its visibility timeout: "
-                        "%s); stopping it",
-                        self.job_id,
-                        e.message,
-                    )
+                    self._log_expired(e.message)
                     delivery.cancel()
                     return
                 log.warning(
                     "job %s: heartbeat failed (%s); again in %.0f s", self.job_id, e.message, retry
                 )
-                # Again soon, while the delivery lasts: not a whole interval later.
-                next_beat = trio.current_time() + retry
+                # Again soon, while the delivery lasts: not a whole interval
+                # later, and once more as it runs out.
+                next_beat = min(now + retry, self._held_until)
                 retry = min(retry * 2, interval)
                 continue
-            held_until = began + visibility
+            self._held_until = began + visibility
             next_beat = began + interval
             retry = HEARTBEAT_RETRY_SECONDS
+
+    def _log_expired(self, error: str) -> None:
+        log.warning(
+            "job %s: lost (no heartbeat accepted within its visibility timeout: %s); stopping it",
+            self.job_id,
+            error,
+        )
 
     async def _watch_cancel(self) -> None:
         """Ask the server every ``cancel_check_interval`` whether the job was

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -19,7 +21,8 @@ INPUT_BUFFER = 64
 # Events kept for re-sending on a new stream if this one fails. The server only
 # says it stored the events when the stream ends, so everything sent since is
 # kept, up to this many bytes; output past it is sent once and lost if the
-# stream then fails (start and end events are always kept).
+# stream then fails, or lost at once while no server can be reached (start and
+# end events are always kept).
 RETAIN_BYTES = 64 * 1024 * 1024
 # One request message carries the events waiting at the moment, up to this size.
 MESSAGE_BYTES = 1024 * 1024
@@ -28,7 +31,8 @@ MESSAGE_BYTES = 1024 * 1024
 # time delta; per event every other field of the event and of the batch.
 ITEM_FRAMING_BYTES = 1 + 5 + 1 + 5 + 11 + 11
 EVENT_FRAMING_BYTES = 128
-# A stream that fails this many times in a row gives up.
+# A stream that the server fails this many times in a row gives up; one that
+# cannot reach a server is tried again for as long as the delivery holds.
 MAX_ATTEMPTS = 8
 BACKOFF_INITIAL_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 8.0
@@ -45,20 +49,35 @@ class PublishFailed(Exception):
     """The events could not all be stored; the message says why."""
 
 
+class DeliveryExpired(PublishFailed):
+    """No server could be reached before the delivery would expire: the job may
+    already be another worker's."""
+
+
 class EventPublisher:
     """Streams events to the server and re-sends them on a new stream after a failure.
 
     Producers call ``publish``; ``end`` says no more will come. ``run`` returns
     once the server acknowledged every event (the stream's response), or raises
-    PublishFailed when it cannot: a fatal error, or ``MAX_ATTEMPTS`` failures in a row.
-    Output events not retained for re-sending and then lost are counted in
-    ``lost_events``; the server drops the duplicates a re-send makes.
+    PublishFailed when it cannot: a fatal error, ``MAX_ATTEMPTS`` failures in a
+    row that a server answered, or no server reached before ``held_until()`` (the
+    time on trio's clock when the delivery would expire; without it, until
+    cancelled). While it waits to try again it keeps taking events, so that the
+    job's process runs on. Output events not retained for re-sending and then
+    lost are counted in ``lost_events``; the server drops the duplicates a re-send
+    makes.
     """
 
     def __init__(
-        self, client: AirunnerClient, task_token: str, *, retain_bytes: int = RETAIN_BYTES
+        self,
+        client: AirunnerClient,
+        task_token: str,
+        *,
+        retain_bytes: int = RETAIN_BYTES,
+        held_until: Callable[[], float] | None = None,
     ) -> None:
         self._client = client
+        self._held_until = held_until
         self._retain_limit = retain_bytes
         self._token = task_token
         self._send, self._receive = trio.open_memory_channel[JobEvent](INPUT_BUFFER)
@@ -76,7 +95,7 @@ class EventPublisher:
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        failures = 0
+        answered_failures = 0
         backoff = BACKOFF_INITIAL_SECONDS
         async with self._receive:
             while True:
@@ -85,21 +104,46 @@ class EventPublisher:
                 except ConnectError as e:
                     self.lost_events += self._unretained_in_flight
                     self._unretained_in_flight = 0
-                    failures += 1
                     if e.code in FATAL_CODES:
                         raise PublishFailed(f"the server refused the events: {e.message}") from e
-                    if failures >= MAX_ATTEMPTS:
+                    if e.code != Code.UNAVAILABLE:
+                        answered_failures += 1
+                    if answered_failures >= MAX_ATTEMPTS:
                         raise PublishFailed(
-                            f"could not publish events after {failures} attempts: {e.message}"
+                            f"could not publish events after {answered_failures} attempts: "
+                            f"{e.message}"
                         ) from e
-                    log.warning("event stream failed (%s); retrying in %.1f s", e.message, backoff)
-                    await trio.sleep(backoff)
+                    left = (
+                        math.inf
+                        if self._held_until is None
+                        else self._held_until() - trio.current_time()
+                    )
+                    if left <= 0:
+                        raise DeliveryExpired(
+                            f"could not publish events before the delivery expired: {e.message}"
+                        ) from e
+                    wait = min(backoff, left)
+                    log.warning("event stream failed (%s); retrying in %.1f s", e.message, wait)
+                    await self._keep_taking(wait)
                     backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
                     continue
                 self._retained.clear()
                 self._retained_bytes = 0
                 self._unretained_in_flight = 0
                 return
+
+    async def _keep_taking(self, seconds: float) -> None:
+        """Wait ``seconds``, retaining the events published meanwhile (counting
+        those there is no room for as lost), so that their producer runs on."""
+        with trio.move_on_after(seconds):
+            async for event in self._receive:
+                size = encoded_size(event)
+                if self._has_room(event, size):
+                    self._retained.append((event, size))
+                    self._retained_bytes += size
+                else:
+                    self.lost_events += 1
+            await trio.sleep_forever()
 
     async def _stream_once(self) -> None:
         send, receive = trio.open_memory_channel[PublishJobEventsRequest](1)
@@ -139,12 +183,17 @@ class EventPublisher:
     def _retain(self, event: JobEvent) -> int:
         """Keep ``event`` for re-sending if there is room (or it is critical); its size."""
         size = encoded_size(event)
-        if event.event_type in CRITICAL_TYPES or self._retained_bytes + size <= self._retain_limit:
+        if self._has_room(event, size):
             self._retained.append((event, size))
             self._retained_bytes += size
         else:
             self._unretained_in_flight += 1
         return size
+
+    def _has_room(self, event: JobEvent, size: int) -> bool:
+        return (
+            event.event_type in CRITICAL_TYPES or self._retained_bytes + size <= self._retain_limit
+        )
 
 
 def encoded_size(event: JobEvent) -> int:

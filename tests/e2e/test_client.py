@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
 import pytest
@@ -11,7 +13,12 @@ import trio
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
-from airunner.api.job.v1.job_pb import DequeueJobRequest, EnqueueJobRequest, ListJobsRequest
+from airunner.api.job.v1.job_pb import (
+    DequeueJobRequest,
+    EnqueueJobRequest,
+    ListJobsRequest,
+    StreamJobEventsRequest,
+)
 from airunner.client import AirunnerClient, ClientConfigError
 from airunner.http import BearerAuth, load_public_key
 from tests.helpers import (
@@ -165,3 +172,92 @@ async def test_cli_ends_quietly_when_its_reader_leaves(
         code = await process.wait()
     assert code == 128 + signal.SIGPIPE
     assert "Traceback" not in errors.decode()
+
+
+def _unreachable_url() -> str:
+    """An address nothing listens on: connections to it are refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+@pytest.mark.e2e
+async def test_an_unreachable_server_is_passed_over_for_the_next(
+    running: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead = _unreachable_url()
+    async with AirunnerClient([dead, running.url]) as client:
+        await client.enqueue_job(
+            EnqueueJobRequest(request_id=request_id(), queue="default", job_params=params())
+        )
+        # A server stream too, and the calls after it stay on the server that answered.
+        async with aclosing(
+            client.dequeue_job(DequeueJobRequest(queue="default"), rpc_timeout=30)
+        ) as deliveries:
+            async for delivery in deliveries:
+                assert delivery.job is not None
+                break
+        await client.list_jobs(ListJobsRequest())
+    passed_over = [r.getMessage() for r in caplog.records if "cannot reach" in r.getMessage()]
+    assert len(passed_over) == 1
+    assert passed_over[0].startswith(f"cannot reach the server at {dead} (")
+    assert passed_over[0].endswith(f"; trying {running.url}")
+
+
+@pytest.mark.e2e
+async def test_a_server_stream_passes_over_an_unreachable_server() -> None:
+    dead = _unreachable_url()
+    async with run_server() as running, AirunnerClient([dead, running.url]) as client:
+        events = client.stream_job_events(StreamJobEventsRequest(job_id="no-such-job"))
+        with pytest.raises(ConnectError) as info:
+            await _exhaust(events)
+    # The answer of the server that was reached, not the refused connection.
+    assert info.value.code == Code.NOT_FOUND
+
+
+async def _exhaust(stream: AsyncGenerator[object, None]) -> None:
+    async with aclosing(stream):
+        async for _ in stream:
+            pass
+
+
+@pytest.mark.e2e
+async def test_only_unreachable_servers_fail_with_unavailable() -> None:
+    async with AirunnerClient([_unreachable_url(), _unreachable_url()]) as client:
+        with pytest.raises(ConnectError) as info:
+            await client.list_jobs(ListJobsRequest())
+    assert info.value.code == Code.UNAVAILABLE
+
+
+@pytest.mark.e2e
+async def test_an_answered_error_is_not_tried_on_the_next_server(
+    running: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with AirunnerClient([running.url, _unreachable_url()]) as client:
+        with pytest.raises(ConnectError) as info:
+            await client.list_jobs(ListJobsRequest(queue="nope"))
+    assert info.value.code == Code.INVALID_ARGUMENT
+    assert not [r for r in caplog.records if "cannot reach" in r.getMessage()]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("given", ["flags", "env"])
+async def test_the_cli_takes_several_servers(running: RunningServer, given: str) -> None:
+    # The last --server does not win: each is tried in turn.
+    servers = [_unreachable_url(), running.url, _unreachable_url()]
+    if given == "flags":
+        args = [arg for url in servers for arg in ("--server", url)]
+        env = clean_env()
+    else:
+        args = []
+        env = clean_env(AIRUNNER_SERVER=",".join(servers))
+    done = await trio.run_process(
+        [tool("airunner-cli"), "submit", "--detach", *args, "--", "echo", "hello"],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.decode().split()[-1]
+    assert (await running.store.get_job(job_id)) is not None

@@ -10,7 +10,7 @@ import trio
 from airunner.client import AirunnerClient
 from airunner.store import Delivery, EventQuery, MemoryJobStore
 from airunner.worker import EventPublisher
-from airunner.worker._publisher import encoded_size
+from airunner.worker._publisher import INPUT_BUFFER, PublishFailed, encoded_size
 from tests.helpers import (
     end_event,
     eventually,
@@ -101,3 +101,52 @@ async def test_output_past_the_retention_limit_is_counted_when_lost() -> None:
                 await done.wait()
     assert publisher.lost_events == 3
     assert sorted(record.events) == [1, 2, 3, 4, 5, 6]
+
+
+async def test_output_goes_on_while_no_server_answers_and_is_sent_when_one_does() -> None:
+    """More events than the input buffer holds, all published while the server is
+    gone: the producer never waits for it, and the events are stored in order."""
+    store, delivery, listen = await _running_job()
+    record = store._jobs[delivery.job.job_id]
+    done = trio.Event()
+    async with AirunnerClient(f"http://{listen}") as client, trio.open_nursery() as nursery:
+        publisher = EventPublisher(
+            client, delivery.task_token, held_until=lambda: trio.current_time() + 600
+        )
+
+        async def publish_all() -> None:
+            await publisher.run()
+            done.set()
+
+        async with run_server(store=store, listen=listen, grace_period=0.2):
+            nursery.start_soon(publish_all)
+            await publisher.publish(start_event(1))
+            await eventually(lambda: len(record.events) == 1)
+        last = 2 + 4 * INPUT_BUFFER
+        with trio.fail_after(10):
+            for sequence in range(2, last):
+                await publisher.publish(output_event(sequence))
+            await publisher.publish(end_event(last))
+        publisher.end()
+        assert not done.is_set()
+        async with run_server(store=store, listen=listen):
+            with trio.fail_after(30):
+                await done.wait()
+    assert publisher.lost_events == 0
+    assert sorted(record.events) == list(range(1, last + 1))
+
+
+async def test_publishing_gives_up_when_no_server_answers_before_the_delivery_expires() -> None:
+    _, delivery, listen = await _running_job()
+    expires = trio.current_time() + 2
+    async with AirunnerClient(f"http://{listen}") as client:
+        publisher = EventPublisher(client, delivery.task_token, held_until=lambda: expires)
+        await publisher.publish(start_event(1))
+        publisher.end()
+        with (
+            trio.fail_after(30),
+            pytest.raises(PublishFailed, match="before the delivery expired"),
+        ):
+            await publisher.run()
+    # Tried until the delivery expired, not for a fixed number of attempts.
+    assert trio.current_time() >= expires

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from airunner.cli._common import default_server
+from airunner.cli._common import client_options, default_server
 
 
 @pytest.mark.parametrize(
@@ -24,3 +24,26 @@ from airunner.cli._common import default_server
 )
 def test_the_cli_finds_the_server_run_local_started(env: dict[str, str], server: str) -> None:
     assert default_server(env) == server
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "servers"),
+    [
+        ({}, [], ["http://127.0.0.1:8080"]),
+        ({"AIRUNNER_SERVER": "http://a:1, http://b:2"}, [], ["http://a:1", "http://b:2"]),
+        ({"AIRUNNER_SERVER": "http://a:1"}, ["--server", "http://c:3"], ["http://c:3"]),
+        (
+            {},
+            ["--server", "http://a:1", "--server", "http://b:2,http://c:3"],
+            ["http://a:1", "http://b:2", "http://c:3"],
+        ),
+    ],
+)
+def test_server_may_be_given_more_than_once(
+    env: dict[str, str], args: list[str], servers: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AIRUNNER_SERVER", "AIRUNNER_LISTEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert client_options().parse_args(args).server == servers
