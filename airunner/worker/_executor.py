@@ -253,7 +253,12 @@ class JobExecutor:
         # Until then a server that cannot be reached is tried again, and the
         # job's process runs on.
         self._held_until = trio.current_time() + self._settings.visibility_timeout
-        publisher = EventPublisher(self._client, self._token, held_until=lambda: self._held_until)
+        publisher = EventPublisher(
+            self._client,
+            self._token,
+            spool_dir=self._settings.work_dir,
+            held_until=lambda: self._held_until,
+        )
         failure: Exception | None = None
         with trio.CancelScope() as delivery:
             async with trio.open_nursery() as heartbeats:

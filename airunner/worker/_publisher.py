@@ -4,26 +4,30 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import trio
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
-from airunner.api.job.v1.job_pb import EventType, JobEvent, PublishJobEventsRequest
+from airunner.api.job.v1.job_pb import JobEvent, PublishJobEventsRequest
 from airunner.client import AirunnerClient
+
+from ._spool import KeptEvents
 
 log = logging.getLogger(__name__)
 
 # Events a producer may have waiting before it blocks (and with it the process).
 INPUT_BUFFER = 64
-# Events kept for re-sending on a new stream if this one fails. The server only
-# says it stored the events when the stream ends, so everything sent since is
-# kept, up to this many bytes; output past it is sent once and lost if the
-# stream then fails, or lost at once while no server can be reached (start and
-# end events are always kept).
+# Events kept for re-sending on a new stream if this one fails (``KeptEvents``).
+# The server only says it stored the events when the stream ends, so everything
+# sent since is kept: in memory up to this many bytes, then in a spool file up
+# to SPOOL_BYTES more; past that, lost output is marked where it was if it must
+# be sent again (start and end events are always kept).
 RETAIN_BYTES = 64 * 1024 * 1024
+SPOOL_BYTES = 1024 * 1024 * 1024
 # One request message carries the events waiting at the moment, up to this size.
 MESSAGE_BYTES = 1024 * 1024
 # The most an output batch's encoding adds to its output: per item the output's
@@ -39,9 +43,6 @@ BACKOFF_MAX_SECONDS = 8.0
 # Errors no retry can fix: the delivery is gone or we may not publish.
 FATAL_CODES = frozenset(
     {Code.INVALID_ARGUMENT, Code.UNAUTHENTICATED, Code.PERMISSION_DENIED, Code.NOT_FOUND}
-)
-CRITICAL_TYPES = frozenset(
-    {EventType.PROCESS_START, EventType.PROCESS_END, EventType.PROCESS_ERROR}
 )
 
 
@@ -63,9 +64,10 @@ class EventPublisher:
     row that a server answered, or no server reached before ``held_until()`` (the
     time on trio's clock when the delivery would expire; without it, until
     cancelled). While it waits to try again it keeps taking events, so that the
-    job's process runs on. Output events not retained for re-sending and then
-    lost are counted in ``lost_events``; the server drops the duplicates a re-send
-    makes.
+    job's process runs on, keeping them in ``spool_dir`` past the memory bound.
+    Events that had to be sent again but could not be kept are counted in
+    ``lost_events``, and a line in the job's output marks where they were; the
+    server drops the duplicates a re-send makes.
     """
 
     def __init__(
@@ -74,17 +76,15 @@ class EventPublisher:
         task_token: str,
         *,
         retain_bytes: int = RETAIN_BYTES,
+        spool_dir: Path | None = None,
+        spool_bytes: int = SPOOL_BYTES,
         held_until: Callable[[], float] | None = None,
     ) -> None:
         self._client = client
         self._held_until = held_until
-        self._retain_limit = retain_bytes
         self._token = task_token
         self._send, self._receive = trio.open_memory_channel[JobEvent](INPUT_BUFFER)
-        # Events kept for re-sending, each with its encoded size.
-        self._retained: list[tuple[JobEvent, int]] = []
-        self._retained_bytes = 0
-        self._unretained_in_flight = 0
+        self._kept = KeptEvents(retain_bytes, spool_dir, spool_bytes)
         self.lost_events = 0
 
     async def publish(self, event: JobEvent) -> None:
@@ -95,54 +95,50 @@ class EventPublisher:
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        async with self._receive:
+            try:
+                await self._publish()
+            finally:
+                self._kept.close()
+
+    async def _publish(self) -> None:
         answered_failures = 0
         backoff = BACKOFF_INITIAL_SECONDS
-        async with self._receive:
-            while True:
-                try:
-                    await self._stream_once()
-                except ConnectError as e:
-                    self.lost_events += self._unretained_in_flight
-                    self._unretained_in_flight = 0
-                    if e.code in FATAL_CODES:
-                        raise PublishFailed(f"the server refused the events: {e.message}") from e
-                    if e.code != Code.UNAVAILABLE:
-                        answered_failures += 1
-                    if answered_failures >= MAX_ATTEMPTS:
-                        raise PublishFailed(
-                            f"could not publish events after {answered_failures} attempts: "
-                            f"{e.message}"
-                        ) from e
-                    left = (
-                        math.inf
-                        if self._held_until is None
-                        else self._held_until() - trio.current_time()
-                    )
-                    if left <= 0:
-                        raise DeliveryExpired(
-                            f"could not publish events before the delivery expired: {e.message}"
-                        ) from e
-                    wait = min(backoff, left)
-                    log.warning("event stream failed (%s); retrying in %.1f s", e.message, wait)
-                    await self._keep_taking(wait)
-                    backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
-                    continue
-                self._retained.clear()
-                self._retained_bytes = 0
-                self._unretained_in_flight = 0
-                return
+        while True:
+            try:
+                await self._stream_once()
+            except ConnectError as e:
+                if e.code in FATAL_CODES:
+                    raise PublishFailed(f"the server refused the events: {e.message}") from e
+                if e.code != Code.UNAVAILABLE:
+                    answered_failures += 1
+                if answered_failures >= MAX_ATTEMPTS:
+                    raise PublishFailed(
+                        f"could not publish events after {answered_failures} attempts: {e.message}"
+                    ) from e
+                left = (
+                    math.inf
+                    if self._held_until is None
+                    else self._held_until() - trio.current_time()
+                )
+                if left <= 0:
+                    raise DeliveryExpired(
+                        f"could not publish events before the delivery expired: {e.message}"
+                    ) from e
+                wait = min(backoff, left)
+                log.warning("event stream failed (%s); retrying in %.1f s", e.message, wait)
+                await self._keep_taking(wait)
+                backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
+                continue
+            self._kept.clear()
+            return
 
     async def _keep_taking(self, seconds: float) -> None:
-        """Wait ``seconds``, retaining the events published meanwhile (counting
-        those there is no room for as lost), so that their producer runs on."""
+        """Wait ``seconds``, keeping the events published meanwhile (past the
+        memory bound in the spool), so that their producer runs on."""
         with trio.move_on_after(seconds):
             async for event in self._receive:
-                size = encoded_size(event)
-                if self._has_room(event, size):
-                    self._retained.append((event, size))
-                    self._retained_bytes += size
-                else:
-                    self.lost_events += 1
+                self._kept.keep(event, encoded_size(event))
             await trio.sleep_forever()
 
     async def _stream_once(self) -> None:
@@ -162,7 +158,8 @@ class EventPublisher:
                 # The token first, alone: the server counts the delivery as taken
                 # up at once, however long the checkout before the first event.
                 await send.send(PublishJobEventsRequest(task_token=self._token))
-                for message in _messages(self._retained):
+                self.lost_events += self._kept.newly_lost()
+                for message in _messages(self._kept.events()):
                     await send.send(PublishJobEventsRequest(events=message))
                 async for event in self._receive:
                     # The request's encoding is connectrpc's; an event's size
@@ -181,19 +178,10 @@ class EventPublisher:
             raise failures[0]
 
     def _retain(self, event: JobEvent) -> int:
-        """Keep ``event`` for re-sending if there is room (or it is critical); its size."""
+        """Keep ``event`` for re-sending (in memory, spooled, or as a gap); its size."""
         size = encoded_size(event)
-        if self._has_room(event, size):
-            self._retained.append((event, size))
-            self._retained_bytes += size
-        else:
-            self._unretained_in_flight += 1
+        self._kept.keep(event, size)
         return size
-
-    def _has_room(self, event: JobEvent, size: int) -> bool:
-        return (
-            event.event_type in CRITICAL_TYPES or self._retained_bytes + size <= self._retain_limit
-        )
 
 
 def encoded_size(event: JobEvent) -> int:
@@ -215,14 +203,15 @@ def encoded_size(event: JobEvent) -> int:
     )
 
 
-def _messages(events: list[tuple[JobEvent, int]]) -> list[list[JobEvent]]:
+def _messages(events: Iterable[tuple[JobEvent, int]]) -> Iterator[list[JobEvent]]:
     """Events and their sizes as request messages of about MESSAGE_BYTES each."""
-    messages: list[list[JobEvent]] = []
-    size = MESSAGE_BYTES
+    message: list[JobEvent] = []
+    size = 0
     for event, event_size in events:
         if size >= MESSAGE_BYTES:
-            messages.append([])
-            size = 0
-        messages[-1].append(event)
+            yield message
+            message, size = [], 0
+        message.append(event)
         size += event_size
-    return messages
+    if message:
+        yield message

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 import trio
 
+from airunner.api.job.v1.job_pb import JobEvent, StreamType
 from airunner.client import AirunnerClient
 from airunner.store import Delivery, EventQuery, MemoryJobStore
+from airunner.store.rules import output_bytes
 from airunner.worker import EventPublisher
 from airunner.worker._publisher import INPUT_BUFFER, PublishFailed, encoded_size
 from tests.helpers import (
@@ -150,3 +153,77 @@ async def test_publishing_gives_up_when_no_server_answers_before_the_delivery_ex
             await publisher.run()
     # Tried until the delivery expired, not for a fixed number of attempts.
     assert trio.current_time() >= expires
+
+
+async def _publish_while_the_server_is_gone(
+    tmp_path: Path, *, retain_bytes: int, spool_bytes: int, outputs: int
+) -> tuple[EventPublisher, list[JobEvent]]:
+    """Start event stored, then ``outputs`` output events and the end published
+    while no server answers; then a server comes: the publisher's count and the
+    job's stored log."""
+    store, delivery, listen = await _running_job()
+    record = store._jobs[delivery.job.job_id]
+    done = trio.Event()
+    async with AirunnerClient(f"http://{listen}") as client, trio.open_nursery() as nursery:
+        publisher = EventPublisher(
+            client,
+            delivery.task_token,
+            retain_bytes=retain_bytes,
+            spool_dir=tmp_path,
+            spool_bytes=spool_bytes,
+            held_until=lambda: trio.current_time() + 600,
+        )
+
+        async def publish_all() -> None:
+            await publisher.run()
+            done.set()
+
+        async with run_server(store=store, listen=listen, grace_period=0.2):
+            nursery.start_soon(publish_all)
+            await publisher.publish(start_event(1))
+            await eventually(lambda: len(record.events) == 1)
+        with trio.fail_after(10):
+            for sequence in range(2, outputs + 2):
+                await publisher.publish(output_event(sequence, b"x" * 200))
+            await publisher.publish(end_event(outputs + 2))
+        publisher.end()
+        async with run_server(store=store, listen=listen):
+            with trio.fail_after(30):
+                await done.wait()
+    return publisher, [record.events[sequence] for sequence in record.sequences]
+
+
+async def test_output_past_memory_waits_in_a_spool_file_while_no_server_answers(
+    tmp_path: Path,
+) -> None:
+    room = encoded_size(start_event(1)) + 10 * encoded_size(output_event(2, b"x" * 200))
+    publisher, stored = await _publish_while_the_server_is_gone(
+        tmp_path, retain_bytes=room, spool_bytes=10 * 1024 * 1024, outputs=200
+    )
+    assert publisher.lost_events == 0
+    assert [event.sequence for event in stored] == list(range(1, 203))
+    assert [output_bytes(event) > 0 for event in stored[1:-1]] == [True] * 200
+    # The spool file was never visible, and nothing of it is left.
+    assert not any(tmp_path.iterdir())  # noqa: ASYNC240
+
+
+async def test_output_past_memory_and_spool_leaves_a_mark_where_it_was_lost(
+    tmp_path: Path,
+) -> None:
+    one = encoded_size(output_event(2, b"x" * 200))
+    publisher, stored = await _publish_while_the_server_is_gone(
+        tmp_path,
+        retain_bytes=encoded_size(start_event(1)) + 5 * one,
+        spool_bytes=5 * one,
+        outputs=30,
+    )
+    # Five outputs in memory, five in the spool, twenty lost: one line marks them.
+    assert publisher.lost_events == 20
+    assert [event.sequence for event in stored] == [*range(1, 13), 32]
+    marker = stored[11].event_data
+    assert marker is not None
+    assert marker.field == "output_batch"
+    assert (marker.value.start_sequence, marker.value.end_sequence) == (12, 31)
+    (line,) = marker.value.outputs
+    assert line.output.startswith(b"[airunner: output lost here (20 events)")
+    assert line.stream_type == StreamType.STDERR
