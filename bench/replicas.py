@@ -24,37 +24,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import trio
-from protobuf import Oneof
 
 from airunner.api.job.v1.job_pb import (
-    EventType,
-    JobEvent,
     JobParams,
     JobResult,
-    OutputBatchEvent,
-    OutputItem,
-    StreamType,
 )
 from airunner.aws import open_aws_clients
 from airunner.store import EventQuery
 from airunner.store.sqs import SQSJobStore, create_resources
-from bench.aws_calls import CallCounter, moto_server
+from bench.aws_calls import CallCounter, moto_server, output
 
 SECRET = b"bench-secret"
 TARGET_MS = 300.0
-
-
-def line(sequence: int) -> JobEvent:
-    batch = OutputBatchEvent(
-        outputs=[OutputItem(output=b"%d\n" % sequence, stream_type=StreamType.STDOUT)],
-        start_sequence=sequence,
-        end_sequence=sequence,
-    )
-    return JobEvent(
-        sequence=sequence,
-        event_type=EventType.OUTPUT_BATCH,
-        event_data=Oneof(field="output_batch", value=batch),
-    )
 
 
 @asynccontextmanager
@@ -127,7 +108,7 @@ async def main(lines: int, sparse: int) -> None:
                 for _ in range(count):
                     sequence += 1
                     sent[sequence] = time.perf_counter()
-                    await a.publish_events(token, [line(sequence)])
+                    await a.publish_events(token, [output(sequence)])
                     await trio.sleep(pause)
             minutes = (time.perf_counter() - began) / 60
         await a.complete_job(token, JobResult(job_id=job.job_id, success=True, exit_code=0))
